@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The whole test suite on CPU (installs into .venv first if needed). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,184 @@
+"""Image files on disk: a scanned folder tree, or an explicit list of paths.
+
+Scanning only lists names; nothing is opened until :meth:`load`, so an unreadable or corrupt file never
+stops a scan: it becomes a :class:`BadImageError` for that one image, which the run skips and reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..errors import ImgclustError
+from .arrays import check_labels
+from .base import ImageDataset
+from .decode import DEFAULT_MAX_PIXELS, open_image
+
+#: File extensions recognised as images (compared case-insensitively).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+class PathListDataset(ImageDataset):
+    """Images given as an explicit list of file paths, kept in the given order.
+
+    Args:
+        paths: image files; they are not checked here (a missing file fails at :meth:`load`).
+        labels: (N,) integer labels or class-name strings, or ``None``.
+        class_names: names of the label indices.
+        max_pixels: per-file decompression-bomb limit passed to :func:`open_image`.
+        draft_size: decode JPEGs at reduced size when the caller resizes to this side anyway (much faster
+            for photos). It changes the decoded pixels slightly, so it is part of :meth:`fingerprint`.
+        name: shown in messages; defaults to ``"<N> paths"``.
+
+    Raises:
+        ImgclustError: the list is empty, or the labels don't match it.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike], labels: Sequence | np.ndarray | None = None,
+                 class_names: Sequence[str] | None = None, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 draft_size: int | None = None, name: str | None = None):
+        if len(paths) == 0:
+            raise ImgclustError("the list of image paths is empty", "pass at least one image file")
+        self.name = name or f"{len(paths)} paths"
+        # absolute but not resolved: symlinked files keep the name the user gave them
+        self.items = [os.path.abspath(os.path.expanduser(os.fspath(p))) for p in paths]
+        self.labels, self.class_names = check_labels(labels, class_names, len(self.items), self.name)
+        self.max_pixels = max_pixels
+        self.draft_size = draft_size
+        self._fingerprint_base: str | None = None
+
+    def load(self, index: int) -> Image.Image:
+        return open_image(self.items[index], max_pixels=self.max_pixels, draft_size=self.draft_size)
+
+    def fingerprint(self) -> str:
+        """sha256 over (path, size, mtime_ns) of every file, in order, plus the decoding settings.
+
+        Cheap: files are stat'ed, never read. Paths are taken relative to the scanned root when there is one,
+        so a moved folder keeps its cache. A file that can't be stat'ed contributes (-1, -1).
+        """
+        digest = hashlib.sha256(f"max_pixels={self.max_pixels} draft_size={self.draft_size}\n".encode())
+        for item in self.items:
+            key = os.path.relpath(item, self._fingerprint_base) if self._fingerprint_base else item
+            try:
+                stat = os.stat(item)
+                size, mtime = stat.st_size, stat.st_mtime_ns
+            except OSError:
+                size, mtime = -1, -1
+            digest.update(f"{key}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
+        return digest.hexdigest()
+
+
+class FolderDataset(PathListDataset):
+    """Every image file under ``root``, recursively, in sorted path order.
+
+    Labels come from the layout only when it is unambiguous: all images sit exactly one level down
+    (``root/<class>/<file>``), in at least two sub-folders, with none directly in ``root``. Class names are
+    then the sorted sub-folder names. Any other layout is unlabelled (``labels is None``).
+
+    Hidden files and folders (names starting with ".") are skipped: they hold thumbnails, checkpoints and
+    macOS ``._*`` resource forks, never the user's images.
+
+    Args:
+        root: the folder to scan.
+        extensions: file extensions to include, compared case-insensitively.
+        follow_symlinks: enter symlinked folders and include symlinked files. A folder reached twice (a
+            symlink loop, or two links to one folder) is scanned once. When False, symlinks are ignored.
+        max_pixels, draft_size: as for :class:`PathListDataset`.
+
+    Attributes:
+        root: the scanned folder, absolute.
+        unreadable_dirs: sub-folders that could not be listed (permission denied…), skipped.
+
+    Raises:
+        ImgclustError: ``root`` does not exist, is a file, cannot be listed, or holds no image file.
+    """
+
+    def __init__(self, root: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS,
+                 follow_symlinks: bool = True, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 draft_size: int | None = None):
+        self.root = Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
+        _check_root(self.root)
+        wanted = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
+        self.unreadable_dirs: list[str] = []
+        found, n_other = self._scan(wanted, follow_symlinks)
+        files = sorted(found, key=lambda rel: rel.parts)
+        if not files:
+            content = f"it holds {n_other} other files" if n_other else "it is empty"
+            raise ImgclustError(f"no image files found in {self.root}: {content} (searched recursively for "
+                                f"{', '.join(wanted)}, any letter case, skipping hidden names)",
+                                "point to the folder that contains your images, or pass extensions= for "
+                                "other file types")
+        labels, class_names = _labels_from_layout(files)
+        super().__init__([self.root / f for f in files], labels, class_names, max_pixels=max_pixels,
+                         draft_size=draft_size, name=str(self.root))
+        self._fingerprint_base = str(self.root)
+
+    def _scan(self, extensions: tuple[str, ...], follow_symlinks: bool) -> tuple[list[Path], int]:
+        """Paths relative to the root of the matching files (each real folder scanned once), and the number
+        of other files seen (for the error message when nothing matches)."""
+        found: list[Path] = []
+        n_other = 0
+        visited: set[tuple[int, int]] = set()
+        pending = [Path()]
+        while pending:
+            rel = pending.pop()
+            folder = self.root / rel
+            try:
+                stat = os.stat(folder)
+                if (stat.st_dev, stat.st_ino) in visited:
+                    continue  # a symlink loop or a second link to an already scanned folder
+                visited.add((stat.st_dev, stat.st_ino))
+                with os.scandir(folder) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as exc:
+                if rel == Path():
+                    raise ImgclustError(f"cannot list the image folder {self.root}: {exc.strerror or exc}",
+                                        "check the folder's permissions") from None
+                self.unreadable_dirs.append(str(folder))
+                continue
+            subdirs = []
+            for entry in entries:
+                if entry.name.startswith(".") or (entry.is_symlink() and not follow_symlinks):
+                    continue
+                if _is_dir(entry):
+                    subdirs.append(rel / entry.name)
+                elif os.path.splitext(entry.name)[1].lower() in extensions:
+                    # kept even if unreadable or a broken link: load() then reports it as a bad image
+                    found.append(rel / entry.name)
+                else:
+                    n_other += 1
+            # reversed onto the stack = visited in sorted path order, so of two links to one folder the
+            # first in sorted order is the one kept
+            pending.extend(reversed(subdirs))
+        return found, n_other
+
+
+def _check_root(root: Path) -> None:
+    if not root.exists():
+        raise ImgclustError(f"image folder {root} does not exist", "check the path")
+    if not root.is_dir():
+        raise ImgclustError(f"{root} is a file, not a folder",
+                            "pass the folder that contains the images (a .npy/.npz file is read as arrays)")
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows symlinks; symlinks are filtered before this when not followed
+    except OSError:
+        return False
+
+
+def _labels_from_layout(files: list[Path]) -> tuple[list[int] | None, list[str] | None]:
+    """Class labels from ``root/<class>/<file>``, or ``(None, None)`` when the layout is anything else."""
+    if any(len(f.parts) != 2 for f in files):
+        return None, None
+    class_names = sorted({f.parts[0] for f in files})
+    if len(class_names) < 2:
+        return None, None
+    index = {name: i for i, name in enumerate(class_names)}
+    return [index[f.parts[0]] for f in files], class_names

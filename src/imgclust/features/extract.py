@@ -1,0 +1,191 @@
+"""Batched, parallel feature extraction: decode in DataLoader workers, normalise and encode on the device."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..data.base import ImageDataset
+from ..errors import BadImageError
+from .cache import FeatureCache, FeatureSet, default_cache_dir
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_SHARD_SIZE = 2048
+
+
+class _DecodedImages(Dataset):
+    """Rows of an image dataset as ``(index, uint8 (3,S,S) tensor or None, reason)``; never raises."""
+
+    def __init__(self, dataset: ImageDataset, indices: range, to_tensor: Callable[[Any], torch.Tensor]):
+        self.dataset = dataset
+        self.indices = indices
+        self.to_tensor = to_tensor
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> tuple[int, torch.Tensor | None, str]:
+        index = self.indices[position]
+        try:
+            return index, self.to_tensor(self.dataset.load(index)), ""
+        except BadImageError as err:
+            return index, None, err.message
+        except Exception as err:  # one odd file must never end a run of hours; it is listed instead
+            return index, None, f"unexpected {type(err).__name__}: {err}"
+
+
+def _collate(rows: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[int], torch.Tensor | None,
+                                                                         list[tuple[int, str]]]:
+    good = [(i, t) for i, t, _ in rows if t is not None]
+    bad = [(i, reason) for i, t, reason in rows if t is None]
+    batch = torch.stack([t for _, t in good]) if good else None
+    return [i for i, _ in good], batch, bad
+
+
+def _worker_init(_: int) -> None:
+    # Decoding is single-threaded work; extra intra-op threads in each worker only fight the model's.
+    torch.set_num_threads(1)
+
+
+def default_num_workers() -> int:
+    """One decoding worker per spare core, at least one: the forward pass keeps the other cores busy."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def extract_features(
+    dataset: ImageDataset,
+    backbone: Any,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    device: str | torch.device = "cpu",
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    encoder: torch.nn.Module | None = None,
+    encoder_id: str = "backbone",
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    augment_id: str = "none",
+    view: int = 0,
+    seed: int = 0,
+    dtype: str = "float32",
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    progress: bool = True,
+) -> FeatureSet:
+    """Encode every image of ``dataset`` with ``encoder`` (default: the backbone), cached on disk.
+
+    Args:
+        dataset: images to encode.
+        backbone: a :class:`imgclust.backbones.Backbone`; gives the preprocessing and the default encoder.
+        cache_dir: cache root (default :func:`default_cache_dir`); ``use_cache=False`` keeps nothing.
+        device: where normalisation, augmentation and the forward pass run. fp16 autocast on CUDA.
+        batch_size: images per forward pass.
+        num_workers: decoding processes (default one per spare core); 0 decodes in this process.
+        encoder: a module mapping normalised images (N,3,S,S) to any (N,*shape); e.g. a backbone trunk.
+        encoder_id: names ``encoder`` in the cache identity (e.g. ``"trunk-3"``).
+        augment: batched augmentation applied on the device to images in [0,1] before normalisation,
+            called as ``augment(x, generator)``; the generator is seeded from (seed, view, shard), so a
+            resumed extraction reproduces the same views.
+        augment_id: names the augmentation in the cache identity.
+        view: index of the augmented view (several views of one dataset are separate cache entries).
+        seed: seeds the augmentation.
+        dtype: stored dtype, ``"float32"`` or ``"float16"``.
+        shard_size: rows per resumable shard.
+        progress: show a progress bar.
+
+    Returns:
+        The features of the decodable rows, with the skipped files and their reasons.
+    """
+    device = torch.device(device)
+    encoder = encoder if encoder is not None else backbone
+    preprocess = backbone.preprocess
+    identity = {
+        "backbone": backbone.name,
+        "weights": backbone.weights_id,
+        "preprocess": preprocess.to_dict(),
+        "encoder": encoder_id,
+        "augment": augment_id if augment is not None else "none",
+        "view": int(view),
+        "seed": int(seed) if augment is not None else 0,
+        "dataset": dataset.fingerprint(),
+        "dtype": dtype,
+    }
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if not use_cache:
+        import tempfile
+
+        root = Path(tempfile.mkdtemp(prefix="imgclust-features-"))
+    cache = FeatureCache(root, identity, list(dataset.items))
+    cached = cache.load_complete()
+    if cached is not None:
+        _logger.info("reusing cached features %s", cache.path)
+        return cached
+    cache.start()
+
+    n = len(dataset)
+    n_shards = max(1, -(-n // shard_size))
+    todo = [s for s in range(n_shards) if cache.finished_shard(s) is None]
+    if len(todo) < n_shards:
+        _logger.info("resuming extraction: %d of %d shards already done", n_shards - len(todo), n_shards)
+    workers = default_num_workers() if num_workers is None else num_workers
+    mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)
+    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+    encoder = encoder.to(device).eval()
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n, initial=n - sum(min(shard_size, n - s * shard_size) for s in todo),
+               desc=f"features {backbone.name}", unit="img", disable=not progress, leave=False)
+    for shard in todo:
+        started = time.perf_counter()
+        rows = range(shard * shard_size, min(n, (shard + 1) * shard_size))
+        loader = DataLoader(_DecodedImages(dataset, rows, preprocess.to_uint8_tensor), batch_size=batch_size,
+                            num_workers=workers, collate_fn=_collate, worker_init_fn=_worker_init,
+                            pin_memory=device.type == "cuda", persistent_workers=False)
+        generator = torch.Generator(device=device)
+        generator.manual_seed(int(seed) * 1_000_003 + int(view) * 10_007 + shard)
+        parts: list[np.ndarray] = []
+        valid: list[int] = []
+        bad: list[dict[str, Any]] = []
+        with torch.inference_mode():
+            for indices, images, failures in loader:
+                bad += [{"index": i, "item": dataset.items[i], "reason": r} for i, r in failures]
+                if images is not None:
+                    x = images.to(device, non_blocking=True).float().div_(255)
+                    if augment is not None:
+                        x = augment(x, generator)
+                    x = (x - mean) / std
+                    with autocast:
+                        out = encoder(x)
+                    parts.append(out.float().cpu().numpy().astype(dtype, copy=False))
+                    valid += indices
+                bar.update(len(indices) + len(failures))
+        shape = parts[0].shape[1:] if parts else _output_shape(encoder, preprocess.input_size, device)
+        features = np.concatenate(parts) if parts else np.zeros((0, *shape), dtype=dtype)
+        cache.write_shard(shard, features, np.asarray(valid, dtype=np.int64), bad,
+                          time.perf_counter() - started)
+    bar.close()
+    result = cache.merge(n_shards, {"device": str(device), "batch_size": batch_size, "num_workers": workers})
+    if not use_cache:
+        # Keep the arrays in memory and drop the temporary folder.
+        result = FeatureSet(np.array(result.features), result.valid_indices, result.skipped, result.manifest,
+                            None)
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+    return result
+
+
+def _output_shape(encoder: torch.nn.Module, size: int, device: torch.device) -> tuple[int, ...]:
+    """Shape of one encoded image, for shards in which no image decoded."""
+    with torch.inference_mode():
+        return tuple(encoder(torch.zeros(1, 3, size, size, device=device)).shape[1:])

@@ -1,0 +1,330 @@
+"""Estimating the number of clusters K when the user does not give one.
+
+Everything works on L2-normalised features (cosine geometry, like the k-means baseline) and never looks at
+labels. For every K in a range, spherical k-means (:func:`imgclust.methods.kmeans.kmeans`) is fitted on the
+features (a fixed random subsample of at most ``max_samples`` rows); each criterion turns the sweep into one
+score per K, higher = better, and the K with the best score is chosen.
+
+Criteria (``CRITERIA``):
+
+- ``"silhouette"``: mean cosine silhouette of the k-means partition (Rousseeuw 1987): how much closer each
+  point is to its own cluster than to the next one.
+- ``"eigengap"``: the eigengap heuristic of spectral clustering (von Luxburg 2007, §8.3): eigenvalues
+  λ1 ≤ λ2 ≤ … of the normalised Laplacian of the symmetric kNN graph (:func:`imgclust.neighbors.nearest_neighbors`,
+  self-tuning Gaussian weights, Zelnik-Manor & Perona 2004); score(K) = λ(K+1) − λ(K). No k-means involved.
+- ``"stability"``: agreement (ARI) between k-means fitted on two random 80 % subsamples, on the rows they
+  share, averaged over a few pairs (Ben-Hur et al. 2002; Lange et al. 2004).
+- ``"calinski_harabasz"``, ``"davies_bouldin"``: the scikit-learn internal indices on the unit vectors
+  (Davies-Bouldin is negated so that higher is better).
+
+Which one is the default (:data:`DEFAULT_CRITERION`) was decided by measuring all of them on labelled sets with a
+known K (``benchmarks/k_estimation.py``, table in BENCHMARKS.md, section "Estimating K").
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import ImgclustError
+from .methods.kmeans import kmeans
+from .neighbors import nearest_neighbors, normalize_features
+
+CRITERIA = ("silhouette", "eigengap", "stability", "calinski_harabasz", "davies_bouldin")
+DEFAULT_CRITERION = "silhouette"
+DEFAULT_K_RANGE = (2, 30)
+#: Rows used for the estimate; larger sets are subsampled (fixed seed) to keep it to seconds on a CPU.
+DEFAULT_MAX_SAMPLES = 5000
+#: Smallest average cluster size allowed when capping the top of the range for small sets.
+MIN_CLUSTER_SIZE = 3
+
+
+@dataclass
+class KSelection:
+    """The chosen K and the curve it was chosen from.
+
+    Attributes:
+        k: the chosen number of clusters.
+        criterion: the criterion that chose it.
+        k_values: the K tried, ascending.
+        scores: the criterion's score for each K (higher = better).
+        curves: every criterion computed, name → list of scores aligned with ``k_values`` (the chosen one
+            included); ``"inertia"`` (k-means objective) is always there for reference.
+        n_samples: rows the estimate used (after subsampling); ``n_total``: rows available.
+        seconds: time taken.
+    """
+
+    k: int
+    criterion: str
+    k_values: list[int]
+    scores: list[float]
+    curves: dict[str, list[float]] = field(default_factory=dict)
+    n_samples: int = 0
+    n_total: int = 0
+    seed: int = 0
+    seconds: float = 0.0
+
+    def choice(self, criterion: str) -> int:
+        """The K that ``criterion`` would choose (it must be in ``curves``)."""
+        return self.k_values[int(np.nanargmax(self.curves[criterion]))]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "k": self.k, "criterion": self.criterion, "higher_is_better": True,
+            "description": CRITERION_TEXT[self.criterion],
+            "k_values": self.k_values, "scores": _floats(self.scores),
+            "curves": {name: _floats(values) for name, values in self.curves.items()},
+            "choices": {name: self.choice(name) for name in self.curves if name != "inertia"},
+            "n_samples": self.n_samples, "n_total": self.n_total, "seed": self.seed,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+CRITERION_TEXT = {
+    "silhouette": "mean cosine silhouette of spherical k-means on the L2-normalised features (argmax over K)",
+    "eigengap": "eigengap λ(K+1)−λ(K) of the normalised Laplacian of the kNN graph (argmax over K)",
+    "stability": "mean ARI between k-means fitted on pairs of 80 % subsamples (argmax over K)",
+    "calinski_harabasz": "Calinski-Harabasz index of spherical k-means (argmax over K)",
+    "davies_bouldin": "minus the Davies-Bouldin index of spherical k-means (argmax over K)",
+}
+
+
+def _floats(values: Sequence[float]) -> list[float | None]:
+    return [None if not np.isfinite(v) else round(float(v), 6) for v in values]
+
+
+def parse_k_range(text: str | Sequence[int] | None) -> tuple[int, int]:
+    """``"2:30"`` (or ``(2, 30)``) → ``(2, 30)``; ``None`` → :data:`DEFAULT_K_RANGE`."""
+    if text is None:
+        return DEFAULT_K_RANGE
+    if isinstance(text, str):
+        parts = text.replace("-", ":").split(":")
+        try:
+            low, high = (int(p) for p in parts)
+        except ValueError:
+            raise ImgclustError(f"--k-range expects LOW:HIGH, got {text!r}", "write e.g. --k-range 2:30") from None
+    else:
+        low, high = (int(v) for v in text)
+    if low < 2 or high < low:
+        raise ImgclustError(f"the K range {low}:{high} is not valid (need 2 ≤ LOW ≤ HIGH)",
+                            "write e.g. --k-range 2:30")
+    return low, high
+
+
+def _k_values(k_range: tuple[int, int], n: int, n_distinct: int) -> list[int]:
+    low, high = k_range
+    # Cap the top so that clusters average at least MIN_CLUSTER_SIZE rows: K near N means nothing.
+    high = min(high, n // MIN_CLUSTER_SIZE, n_distinct)
+    if high < low:
+        raise ImgclustError(f"too few images ({n}) to estimate K in the range {k_range[0]}:{k_range[1]}",
+                            f"pass -k explicitly, narrow --k-range, or add images (≥ {MIN_CLUSTER_SIZE * low} "
+                            "needed)")
+    return list(range(low, high + 1))
+
+
+def _silhouette(x: np.ndarray, labels: np.ndarray) -> float:
+    from sklearn.metrics import silhouette_score
+
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    return float(silhouette_score(x, labels, metric="cosine"))
+
+
+def eigenvalues(x: np.ndarray, n_eigen: int, n_neighbors: int = 10) -> np.ndarray:
+    """The ``n_eigen`` smallest eigenvalues of the normalised Laplacian of the kNN graph of unit rows ``x``."""
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import eigsh
+
+    n = x.shape[0]
+    k = max(1, min(n_neighbors, n - 1))
+    nn = nearest_neighbors(x, k)
+    dist = np.clip(1.0 - nn.similarities.astype(np.float64), 0.0, 2.0)
+    sigma = dist[:, min(6, k - 1)] + 1e-8          # local scale: distance to the 7th neighbour
+    weights = np.exp(-dist ** 2 / (sigma[:, None] * sigma[nn.indices]))
+    rows = np.repeat(np.arange(n), k)
+    w = sp.csr_matrix((weights.ravel(), (rows, nn.indices.ravel())), shape=(n, n))
+    w = w.maximum(w.T)
+    d = np.asarray(w.sum(axis=1)).ravel()
+    inv = 1.0 / np.sqrt(np.maximum(d, 1e-12))
+    a = sp.diags(inv) @ w @ sp.diags(inv)
+    n_eigen = min(n_eigen, n)
+    if n <= 1500 or n_eigen >= n - 1:
+        mu = np.linalg.eigvalsh(a.toarray())[::-1][:n_eigen]
+    else:
+        mu = np.sort(eigsh(a, k=n_eigen, which="LA", return_eigenvectors=False, tol=1e-6,
+                           v0=np.ones(n) / np.sqrt(n)))[::-1]
+    return np.clip(1.0 - mu, 0.0, 2.0)
+
+
+def _stability(x: np.ndarray, k: int, seed: int, n_pairs: int, fraction: float = 0.8) -> float:
+    from sklearn.metrics import adjusted_rand_score
+
+    from .methods.kmeans import predict
+
+    rng = np.random.default_rng([seed, k])
+    n = x.shape[0]
+    m = int(round(fraction * n))
+    values = []
+    for _ in range(n_pairs):
+        a, b = rng.choice(n, m, replace=False), rng.choice(n, m, replace=False)
+        shared = np.intersect1d(a, b)
+        seeds = rng.integers(0, 2**31 - 1, size=2)
+        ca = kmeans(x[a], k, seed=int(seeds[0]), n_init=1).centers
+        cb = kmeans(x[b], k, seed=int(seeds[1]), n_init=1).centers
+        values.append(adjusted_rand_score(predict(x[shared], ca)[0], predict(x[shared], cb)[0]))
+    return float(np.mean(values))
+
+
+def estimate_k(features: Any, k_range: tuple[int, int] | str | None = None, criterion: str = DEFAULT_CRITERION,
+               seed: int = 0, max_samples: int = DEFAULT_MAX_SAMPLES, n_init: int = 3,
+               extra_criteria: Sequence[str] = (), stability_pairs: int = 4, n_neighbors: int = 10,
+               progress: bool = False) -> KSelection:
+    """Estimate the number of clusters of ``features`` without labels.
+
+    Args:
+        features: (N, D) features (L2-normalised inside).
+        k_range: ``(low, high)`` or ``"low:high"``, inclusive; the top is capped so that clusters average at
+            least :data:`MIN_CLUSTER_SIZE` rows. Default :data:`DEFAULT_K_RANGE`.
+        criterion: one of :data:`CRITERIA`; chooses K.
+        seed: seeds the subsample and k-means.
+        max_samples: at most this many rows are used (a fixed random subsample).
+        n_init: k-means restarts per K.
+        extra_criteria: further criteria to compute for comparison (stored in ``curves``), or ``"all"``.
+        stability_pairs: subsample pairs per K for ``"stability"``.
+        n_neighbors: neighbours per row of the graph for ``"eigengap"``.
+        progress: show a progress bar over K.
+
+    Returns:
+        :class:`KSelection`.
+
+    Raises:
+        ImgclustError: unknown criterion, bad range, too few rows, bad feature values.
+    """
+    started = time.perf_counter()
+    if isinstance(extra_criteria, str):
+        extra_criteria = CRITERIA if extra_criteria == "all" else (extra_criteria,)
+    wanted = [criterion] + [c for c in extra_criteria if c != criterion]
+    for name in wanted:
+        if name not in CRITERIA:
+            raise ImgclustError(f"unknown K criterion {name!r}", f"choose one of: {', '.join(CRITERIA)}")
+    low_high = parse_k_range(k_range) if not isinstance(k_range, tuple) else parse_k_range(k_range)
+    x = normalize_features(features)
+    n_total = x.shape[0]
+    if n_total > max_samples:
+        keep = np.sort(np.random.default_rng(seed).choice(n_total, max_samples, replace=False))
+        x = x[keep]
+    n_distinct = np.unique(x.view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel()).size
+    ks = _k_values(low_high, x.shape[0], n_distinct)
+
+    curves: dict[str, list[float]] = {name: [] for name in wanted if name != "eigengap"}
+    curves["inertia"] = []
+    needs_sweep = any(name in ("silhouette", "calinski_harabasz", "davies_bouldin") for name in wanted)
+    bar = _progress(ks, progress, "estimating K")
+    for k in bar:
+        labels = None
+        if needs_sweep or True:  # inertia is always reported
+            result = kmeans(x, k, seed=seed, n_init=n_init)
+            labels = result.labels
+            curves["inertia"].append(result.inertia)
+        for name in wanted:
+            if name == "silhouette":
+                curves[name].append(_silhouette(x, labels))
+            elif name == "calinski_harabasz":
+                from sklearn.metrics import calinski_harabasz_score
+
+                curves[name].append(float(calinski_harabasz_score(x, labels)) if len(np.unique(labels)) > 1
+                                    else float("nan"))
+            elif name == "davies_bouldin":
+                from sklearn.metrics import davies_bouldin_score
+
+                curves[name].append(-float(davies_bouldin_score(x, labels)) if len(np.unique(labels)) > 1
+                                    else float("nan"))
+            elif name == "stability":
+                curves[name].append(_stability(x, k, seed, stability_pairs))
+    if "eigengap" in wanted:
+        lam = eigenvalues(x, ks[-1] + 1, n_neighbors=n_neighbors)
+        curves["eigengap"] = [float(lam[k] - lam[k - 1]) if k < len(lam) else float("nan") for k in ks]
+        curves["laplacian_eigenvalues"] = [float(v) for v in lam[:ks[-1] + 1]]
+    scores = curves[criterion]
+    if not np.isfinite(scores).any():
+        raise ImgclustError("could not score any K (all features identical?)", "pass -k explicitly")
+    k_best = ks[int(np.nanargmax(scores))]
+    selection = KSelection(k=k_best, criterion=criterion, k_values=ks, scores=list(scores),
+                           curves={**{c: curves[c] for c in wanted}, "inertia": curves["inertia"]},
+                           n_samples=x.shape[0], n_total=n_total, seed=seed,
+                           seconds=time.perf_counter() - started)
+    if "laplacian_eigenvalues" in curves:
+        selection.curves["laplacian_eigenvalues"] = curves["laplacian_eigenvalues"]
+    return selection
+
+
+def _progress(values: list[int], enabled: bool, desc: str) -> Any:
+    if not enabled:
+        return values
+    from tqdm.auto import tqdm
+
+    return tqdm(values, desc=desc, unit="K", leave=False)
+
+
+# -- run folder ---------------------------------------------------------------------------------------------
+
+K_SELECTION_JSON = "k_selection.json"
+K_SELECTION_PNG = "k_selection.png"
+
+
+def write_k_selection(out_dir: str | Path, selection: KSelection, plot: bool = True) -> dict[str, Path]:
+    """Write ``k_selection.json`` (and ``k_selection.png`` when ``plot`` and matplotlib is there)."""
+    from ._io import write_json
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / K_SELECTION_JSON}
+    write_json(paths["json"], selection.to_dict())
+    if plot:
+        try:
+            from .report.plots import k_selection_figure, save_png
+        except ImportError:  # matplotlib missing: the JSON holds the same curve
+            return paths
+        paths["png"] = out_dir / K_SELECTION_PNG
+        save_png(k_selection_figure(selection.to_dict()), paths["png"])
+    return paths
+
+
+def format_curve(selection: KSelection, width: int = 30) -> str:
+    """The curve as a few lines of text for the terminal (a bar per K, the chosen K marked)."""
+    scores = np.asarray(selection.scores, dtype=float)
+    finite = scores[np.isfinite(scores)]
+    low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    span = (high - low) or 1.0
+    lines = [f"K estimated: {selection.k}  (criterion: {selection.criterion}, higher is better; "
+             f"{selection.n_samples} images, {selection.seconds:.1f} s)"]
+    for k, s in zip(selection.k_values, scores):
+        bar = "" if not np.isfinite(s) else "█" * max(1, int(round((s - low) / span * width)))
+        mark = "  ← chosen" if k == selection.k else ""
+        lines.append(f"  K={k:>3}  {s:>9.4f}  {bar}{mark}")
+    return "\n".join(lines)
+
+
+def select_k_for_source(clusterer: Any, source: Any, k_range: Any = None, criterion: str = DEFAULT_CRITERION,
+                        progress: bool = True) -> tuple[KSelection, int | None]:
+    """Estimate K for what ``clusterer`` would cluster: features of ``source`` with its backbone (cached, so the
+    following ``fit`` reuses them). Returns the selection and the number of classes the source's own labels
+    have (for information only; ``None`` without labels)."""
+    from .estimator import resolve_device
+
+    clusterer.device_ = resolve_device(clusterer.device)
+    features, _, dataset = clusterer._encode(source)
+    selection = estimate_k(features, k_range=k_range, criterion=criterion, seed=int(clusterer.random_state),
+                           progress=progress)
+    n_classes = None
+    if getattr(dataset, "labels", None) is not None:
+        labels = np.asarray(dataset.labels)
+        n_classes = int(np.unique(labels[labels >= 0]).size)
+    return selection, n_classes
+
+
+CriterionFn = Callable[[np.ndarray, np.ndarray], float]

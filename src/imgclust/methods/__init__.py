@@ -1,0 +1,67 @@
+"""Clustering methods by name. Each entry pairs a fit function with the :class:`ClusterModel` it returns.
+
+To add a method, register it in :data:`METHODS`::
+
+    METHODS["icbpl"] = Method(fit=fit_icbpl, model=ICBPLModel, summary="...")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import ImgclustError
+from .base import ClusterModel, FitContext, FitResult
+from .kmeans import KMeansModel, fit_kmeans
+
+
+@dataclass(frozen=True)
+class Method:
+    """One registered clustering method.
+
+    Attributes:
+        fit: fits on a :class:`FitContext` and returns a :class:`FitResult`.
+        model: the :class:`ClusterModel` subclass ``fit`` returns; ``model.from_state`` reloads a saved one.
+        summary: one line for ``imgclust methods``.
+    """
+
+    fit: Callable[[FitContext], FitResult]
+    model: type[ClusterModel]
+    summary: str
+
+
+METHODS: dict[str, Method] = {
+    "kmeans": Method(fit=fit_kmeans, model=KMeansModel,
+                     summary="spherical k-means on L2-normalised backbone features (the baseline)"),
+}
+
+from .icbpl import ICBPLModel, fit_icbpl  # noqa: E402
+
+METHODS["icbpl"] = Method(fit=fit_icbpl, model=ICBPLModel, summary="ICBPL: latents pulled to fixed PEDCC centroids")
+
+from .secu import SeCuClusterModel, fit_secu  # noqa: E402
+
+METHODS["secu"] = Method(fit=fit_secu, model=SeCuClusterModel, summary="SeCu: stable cluster discrimination with multiple heads and size/entropy constraints")
+
+
+def available_methods() -> list[str]:
+    """Names of the registered methods, in registration order."""
+    return list(METHODS)
+
+
+def get_method(name: str) -> Method:
+    """The registered method ``name``; ImgclustError listing the choices if there is none."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ImgclustError(f"unknown method {name!r}.", fix=f"choose one of: {', '.join(METHODS)}.") from None
+
+
+def fit_method(name: str, context: FitContext) -> FitResult:
+    """Fit method ``name`` on ``context``."""
+    return get_method(name).fit(context)
+
+
+def model_class(name: str) -> type[ClusterModel]:
+    """The :class:`ClusterModel` subclass of method ``name`` (to rebuild a saved model)."""
+    return get_method(name).model

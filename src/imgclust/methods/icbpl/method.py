@@ -1,0 +1,433 @@
+"""ICBPL as a :class:`~imgclust.train.protocol.TrainableMethod`, its :class:`ClusterModel`, and the registry entry.
+
+Per step (two augmented views x1, x2 of B samples, one sampled mined neighbour n of each)::
+
+    z1, z2 = model(x1), model(x2)                  # unit latents (B, d)
+    zn     = model(xn)  (no gradient by default)   # an augmented view of the neighbour
+    loss = w_mmd · ½[MMD(z1, C) + MMD(z2, C)]      # match the uniform sample of the PEDCC centroids C
+         + w_aug · aug(z1, z2)                     # two views agree
+         + w_knn · ½[knn(z1, zn) + knn(z2, zn)]    # pull towards the neighbour
+         + w_min · ½[min(z1, C) + min(z2, C)]      # sit on the nearest centroid
+
+Prediction: nearest centroid by cosine; confidence ``softmax(cos / temperature)`` of that centroid.
+Neighbours: mined on the clean backbone features at the start, re-mined on the current clean latents every
+``remine_every`` epochs (0 = never). The choices where the paper is silent are in ``docs/methods/icbpl.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ...errors import ImgclustError
+from ...train.protocol import Batch, InputSpec, MethodBase, TrainInputs, split_decay, unwrap
+from ..base import Assignment, ClusterModel, FitContext, FitResult
+from .losses import augmentation_consistency_loss, min_centroid_distance_loss, mmd_loss, neighbor_loss
+from .model import ICBPLNet
+from .pedcc import pedcc
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ["ICBPLConfig", "ICBPL", "ICBPLModel", "fit_icbpl", "build_icbpl_net"]
+
+
+@dataclass
+class ICBPLConfig:
+    """ICBPL's own settings (the loop's are in :class:`~imgclust.train.loop.TrainConfig`).
+
+    Attributes:
+        n_clusters: K.
+        latent_dim: d, the latent (and PEDCC) dimension; 128 holds an exact simplex for K <= 129.
+        hidden_dim: width of the projection MLP (the authors' 512).
+        batch_norm: batch norm in the projection MLP.
+        temperature: softmax temperature of the confidence over the K cosines.
+        pedcc_method: ``"auto"`` / ``"simplex"`` / ``"repulsion"`` (see :func:`.pedcc.pedcc`).
+        pedcc_seed: seed of the PEDCC construction.
+        w_mmd, w_aug, w_knn, w_min: loss weights (0 switches a term off: the ablation switches).
+        n_neighbors: k of the mined neighbour lists (one is sampled per anchor and step).
+        remine_every: re-mine the neighbours on the current latents every R epochs (0 = never: keep the
+            backbone-feature neighbours).
+        neighbor_gradient: let the kNN loss move the neighbour too (default: the neighbour is a target).
+        kernel_mul, kernel_num: MMD bandwidth ratio and count (bw·{1/4, 1/2, 1, 2, 4}).
+        encoder_lr_scale: learning rate of the fine-tuned backbone blocks relative to the head's.
+    """
+
+    n_clusters: int = 10
+    latent_dim: int = 128
+    hidden_dim: int = 512
+    batch_norm: bool = True
+    temperature: float = 0.1
+    pedcc_method: str = "auto"
+    pedcc_seed: int = 0
+    w_mmd: float = 1.0
+    w_aug: float = 1.0
+    w_knn: float = 1.0
+    w_min: float = 0.5
+    n_neighbors: int = 20
+    remine_every: int = 0
+    neighbor_gradient: bool = False
+    kernel_mul: float = 2.0
+    kernel_num: int = 5
+    encoder_lr_scale: float = 0.1
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.n_clusters < 2:
+            problems.append(f"n_clusters must be >= 2, got {self.n_clusters}")
+        if self.latent_dim < 1 or self.hidden_dim < 0:
+            problems.append(f"latent_dim must be >= 1 and hidden_dim >= 0, got {self.latent_dim}, {self.hidden_dim}")
+        if not self.temperature > 0:
+            problems.append(f"temperature must be > 0, got {self.temperature}")
+        if self.pedcc_method not in ("auto", "simplex", "repulsion"):
+            problems.append(f"pedcc_method must be auto, simplex or repulsion, got {self.pedcc_method!r}")
+        for name in ("w_mmd", "w_aug", "w_knn", "w_min", "encoder_lr_scale"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.w_mmd + self.w_aug + self.w_knn + self.w_min <= 0:
+            problems.append("at least one loss weight must be > 0")
+        if self.n_neighbors < 1 or self.remine_every < 0:
+            problems.append(f"need n_neighbors >= 1 and remine_every >= 0, got {self.n_neighbors}, "
+                            f"{self.remine_every}")
+        if self.kernel_num < 1 or self.kernel_mul <= 0:
+            problems.append(f"need kernel_num >= 1 and kernel_mul > 0, got {self.kernel_num}, {self.kernel_mul}")
+        if problems:
+            raise ImgclustError("invalid ICBPL settings: " + "; ".join(problems), "fix the listed ICBPL options")
+
+
+def build_icbpl_net(config: ICBPLConfig, in_dim: int, encoder: nn.Module | None = None) -> ICBPLNet:
+    """The network for ``config`` (PEDCC centroids built deterministically from ``pedcc_seed``)."""
+    centroids = pedcc(config.n_clusters, config.latent_dim, seed=config.pedcc_seed, method=config.pedcc_method)
+    return ICBPLNet(encoder, in_dim, centroids, hidden_dim=config.hidden_dim, batch_norm=config.batch_norm,
+                    temperature=config.temperature)
+
+
+class ICBPL(MethodBase):
+    """ICBPL for the training loop. State: the neighbour table and the epoch it was mined at."""
+
+    name = "icbpl"
+    n_views = 2
+
+    def __init__(self, config: ICBPLConfig | None = None):
+        self.config = config or ICBPLConfig()
+        self.neighbors: torch.Tensor | None = None  # (N, k) int64, CPU
+        self.mined_at = -2  # -1: backbone features / given; e >= 0: latents at the start of epoch e
+        self._memo: tuple[Any, torch.Tensor] | None = None
+        self._warned_small_batch = False
+
+    # -- model and optimiser -------------------------------------------------------------------------------
+    def build_model(self, spec: InputSpec) -> nn.Module:
+        return build_icbpl_net(self.config, spec.feature_dim, spec.encoder)
+
+    def param_groups(self, model: nn.Module, config: Any) -> list[dict[str, Any]]:
+        """Head at the base lr; trainable backbone blocks at ``encoder_lr_scale``·lr; no decay on 1-D params."""
+        net = unwrap(model)
+        if getattr(config, "batch_size", self.config.n_clusters) < self.config.n_clusters:
+            _logger.warning("ICBPL: batch size %s < K=%d: each MMD batch sees only part of the centroids",
+                            config.batch_size, self.config.n_clusters)
+        groups = []
+        for part, scale in (("head", 1.0), ("encoder", self.config.encoder_lr_scale)):
+            decay, no_decay = split_decay(list(getattr(net, part).named_parameters()))
+            if decay:
+                groups.append({"params": decay, "name": f"{part}", "lr_scale": scale})
+            if no_decay:
+                groups.append({"params": no_decay, "name": f"{part}_no_decay", "lr_scale": scale,
+                               "weight_decay": 0.0})
+        return [g for g in groups if g["lr_scale"] > 0]
+
+    # -- neighbours ----------------------------------------------------------------------------------------
+    def _mine(self, features: torch.Tensor | np.ndarray, ctx: Any) -> torch.Tensor:
+        from ...neighbors import mine_neighbors
+
+        n = int(features.shape[0])
+        k = min(self.config.n_neighbors, n - 1)
+        table = mine_neighbors(features, k)
+        return torch.as_tensor(np.asarray(table), dtype=torch.int64).cpu()
+
+    def _log_purity(self, ctx: Any) -> None:
+        labels = ctx.inputs.labels
+        if labels is None or self.neighbors is None or not (labels >= 0).any():
+            return
+        from ...neighbors import neighbor_purity
+
+        ctx.log(neighbor_purity=neighbor_purity(self.neighbors.numpy(), labels))
+
+    def on_epoch_start(self, model: nn.Module, epoch: int, ctx: Any) -> None:
+        """First epoch: neighbours from ``inputs.neighbors``, else mined on the reference (backbone) features.
+        Every ``remine_every`` epochs: re-mined on the current clean latents."""
+        inputs: TrainInputs = ctx.inputs
+        if self.neighbors is None:
+            if inputs.neighbors is not None:
+                self.neighbors = torch.as_tensor(inputs.neighbors[:, : self.config.n_neighbors], dtype=torch.int64)
+            elif inputs.reference_features is not None:
+                self.neighbors = self._mine(np.asarray(inputs.reference_features)
+                                            if not isinstance(inputs.reference_features, torch.Tensor)
+                                            else inputs.reference_features, ctx)
+            else:
+                # encoder(clean) = backbone features while the tail is untrained (tail(trunk(x)) == backbone(x)).
+                net = unwrap(model)
+                self.neighbors = self._mine(ctx.embed(lambda x: net.encoder(x).flatten(1)), ctx)
+            self.mined_at = -1
+            self._log_purity(ctx)
+        elif self.config.remine_every > 0 and epoch > 0 and epoch % self.config.remine_every == 0 \
+                and self.mined_at != epoch:
+            self.neighbors = self._mine(self._latents(model, ctx), ctx)
+            self.mined_at = epoch
+            self._log_purity(ctx)
+        ctx.log(neighbors_mined_at=self.mined_at)
+
+    def _sample_neighbors(self, indices: torch.Tensor, generator: torch.Generator) -> np.ndarray:
+        assert self.neighbors is not None, "on_epoch_start mines the neighbours before the first step"
+        rows = self.neighbors[indices.cpu()]
+        pick = torch.randint(rows.shape[1], (rows.shape[0],), generator=generator)
+        return rows[torch.arange(rows.shape[0]), pick].numpy()
+
+    # -- training ------------------------------------------------------------------------------------------
+    def training_step(self, model: nn.Module, batch: Batch, ctx: Any) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        centroids = unwrap(model).centroids
+        x1, x2 = batch.views[0], batch.views[1]
+        b = x1.shape[0]
+        z = model(torch.cat([x1, x2], dim=0))
+        z1, z2 = z[:b], z[b:]
+        out: dict[str, torch.Tensor] = {}
+        loss = z.new_zeros(())
+        if cfg.w_mmd > 0:
+            out["mmd"] = 0.5 * (mmd_loss(z1, centroids, cfg.kernel_mul, cfg.kernel_num)
+                                + mmd_loss(z2, centroids, cfg.kernel_mul, cfg.kernel_num))
+            loss = loss + cfg.w_mmd * out["mmd"]
+        if cfg.w_aug > 0:
+            out["aug"] = augmentation_consistency_loss(z1, z2)
+            loss = loss + cfg.w_aug * out["aug"]
+        if cfg.w_knn > 0:
+            xn = ctx.load(self._sample_neighbors(batch.indices, batch.generator), batch.generator)[0]
+            if cfg.neighbor_gradient:
+                zn = model(xn)
+            else:
+                with torch.no_grad():
+                    zn = model(xn)
+            out["knn"] = 0.5 * (neighbor_loss(z1, zn, cfg.neighbor_gradient)
+                                + neighbor_loss(z2, zn, cfg.neighbor_gradient))
+            loss = loss + cfg.w_knn * out["knn"]
+        if cfg.w_min > 0:
+            out["min"] = 0.5 * (min_centroid_distance_loss(z1, centroids) + min_centroid_distance_loss(z2, centroids))
+            loss = loss + cfg.w_min * out["min"]
+        out["loss"] = loss
+        return out
+
+    # -- evaluation (label-free) ---------------------------------------------------------------------------
+    def _latents(self, model: nn.Module, ctx: Any) -> torch.Tensor:
+        """Clean-input latents (N, d), memoised until the weights change."""
+        key = (getattr(ctx, "model_version", None), ctx.epoch, id(unwrap(model)))
+        if self._memo is not None and self._memo[0] == key and key[0] is not None:
+            return self._memo[1]
+        net = unwrap(model)
+        was_training = net.training
+        net.eval()
+        z = ctx.embed(net)
+        net.train(was_training)
+        self._memo = (key, z)
+        return z
+
+    def predict(self, model: nn.Module, inputs: TrainInputs, ctx: Any) -> tuple[np.ndarray, np.ndarray]:
+        labels, confidence, _ = unwrap(model).assign(self._latents(model, ctx))
+        return labels.cpu().numpy().astype(np.int64), confidence.cpu().numpy().astype(np.float32)
+
+    def selection_score(self, model: nn.Module, inputs: TrainInputs, ctx: Any) -> float:
+        """The training objective on the clean inputs, without the augmentation term (lower = better).
+
+        ``w_mmd``·MMD over consecutive batches of a fixed seeded permutation + ``w_knn``·mean distance to all
+        k current neighbours + ``w_min``·mean distance to the nearest centroid. No label is used.
+        """
+        cfg = self.config
+        z = self._latents(model, ctx)
+        centroids = unwrap(model).centroids
+        score = 0.0
+        if cfg.w_mmd > 0:
+            batch = max(cfg.n_clusters, int(getattr(ctx.config, "batch_size", 256)))
+            order = torch.from_numpy(np.random.default_rng(ctx.seed).permutation(z.shape[0])).to(z.device)
+            starts = range(0, max(1, z.shape[0] - batch + 1), batch)
+            values = [float(mmd_loss(z[order[s:s + batch]], centroids, cfg.kernel_mul, cfg.kernel_num))
+                      for s in starts]
+            score += cfg.w_mmd * float(np.mean(values))
+        if cfg.w_knn > 0 and self.neighbors is not None:
+            nbr = self.neighbors.to(z.device)
+            total = 0.0
+            for s in range(0, z.shape[0], 4096):  # bounded memory: (4096, k, d) at a time
+                total += float((2.0 - 2.0 * (z[s:s + 4096, None, :] * z[nbr[s:s + 4096]]).sum(-1)).sum())
+            score += cfg.w_knn * total / float(nbr.numel())
+        if cfg.w_min > 0:
+            score += cfg.w_min * float(min_centroid_distance_loss(z, centroids))
+        return score
+
+    # -- state ---------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"neighbors": self.neighbors, "mined_at": int(self.mined_at)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        neighbors = state.get("neighbors")
+        self.neighbors = None if neighbors is None else torch.as_tensor(neighbors, dtype=torch.int64).cpu()
+        self.mined_at = int(state.get("mined_at", -2))
+        self._memo = None
+
+
+# -------------------------------------------------------------------------------------------------------------
+# The fitted model (ClusterModel) and the registry entry point
+# -------------------------------------------------------------------------------------------------------------
+
+class ICBPLModel(ClusterModel):
+    """A trained ICBPL network as a :class:`ClusterModel`.
+
+    ``input_encoder`` is ``"backbone"`` (head mode: the inputs are clean backbone features) or
+    ``"trunk-n"`` (n fine-tuned blocks: the inputs are the backbone trunk's activations, and the network
+    holds the fine-tuned tail).
+    """
+
+    method = "icbpl"
+
+    def __init__(self, net: ICBPLNet, config: ICBPLConfig, in_dim: int, backbone: str | None = None,
+                 trainable_blocks: int = 0):
+        from ...train.protocol import SplitEncoder
+
+        if isinstance(net.encoder, SplitEncoder) and net.encoder.trunk is not None:
+            # Images form: the model consumes trunk activations, like the cached form; drop the trunk.
+            net.encoder = SplitEncoder(None, net.encoder.tail)
+        self.net = net.cpu().eval()
+        self.icbpl_config = config
+        self.in_dim = int(in_dim)
+        self.backbone = backbone
+        self.trainable_blocks = int(trainable_blocks)
+        self.input_encoder = "backbone" if self.trainable_blocks == 0 else f"trunk-{self.trainable_blocks}"
+
+    @torch.no_grad()
+    def assign(self, inputs: np.ndarray, device: torch.device | str = "cpu", batch_size: int = 1024) -> Assignment:
+        """Assign (N, ...) inputs (backbone features, or trunk activations for ``trunk-n``)."""
+        device = torch.device(device)
+        net = self.net.to(device).eval()
+        labels, confidence, distance = [], [], []
+        for start in range(0, len(inputs), batch_size):
+            x = torch.from_numpy(np.array(inputs[start:start + batch_size], dtype=np.float32)).to(device)
+            lab, conf, dis = net.assign(net(x))
+            labels.append(lab.cpu())
+            confidence.append(conf.cpu())
+            distance.append(dis.cpu())
+        self.net.cpu()
+        if not labels:
+            return Assignment(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32))
+        return Assignment(torch.cat(labels).numpy().astype(np.int64), torch.cat(confidence).numpy().astype(np.float32),
+                          torch.cat(distance).numpy().astype(np.float32))
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The head, the centroids and the fine-tuned tail; a frozen trunk (images form) is left out."""
+        return {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()
+                if not k.startswith("encoder.trunk.")}
+
+    def config(self) -> dict[str, Any]:
+        return {"icbpl": dataclasses.asdict(self.icbpl_config), "in_dim": self.in_dim, "backbone": self.backbone,
+                "trainable_blocks": self.trainable_blocks}
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> "ICBPLModel":
+        from ...train.protocol import SplitEncoder
+
+        icbpl_config = ICBPLConfig(**config["icbpl"])
+        blocks = int(config.get("trainable_blocks", 0))
+        encoder = None
+        if blocks > 0:
+            from ...backbones import create_backbone
+
+            _, tail = create_backbone(config["backbone"]).split(blocks)
+            encoder = SplitEncoder(None, tail)
+        net = build_icbpl_net(icbpl_config, int(config["in_dim"]), encoder)
+        missing, unexpected = net.load_state_dict(dict(tensors), strict=False)
+        missing = [k for k in missing if not k.startswith("encoder.trunk.")]
+        if missing or unexpected:
+            raise ImgclustError(f"saved ICBPL model does not match its config (missing {missing[:5]}, "
+                                f"unexpected {unexpected[:5]})",
+                                "re-run the clustering; the model files were modified or mixed up")
+        return cls(net, icbpl_config, int(config["in_dim"]), config.get("backbone"), blocks)
+
+
+# Options of the registry entry point, besides ICBPLConfig's and TrainConfig's fields.
+_DATA_OPTIONS = {
+    "trainable_blocks": 0,   # backbone blocks fine-tuned (0 = head mode on frozen features)
+    "n_views": 4,            # augmented views cached (cached forms)
+    "augment": "simclr",     # BatchAugment recipe of the views
+    "on_the_fly": None,      # images form (default: on CUDA when fine-tuning)
+    "cache_dtype": "float32",
+}
+_TRAIN_DEFAULTS = {"epochs": 50, "batch_size": 256, "lr": 1e-3, "optimizer": "adam", "schedule": "cosine"}
+
+
+def _split_options(options: dict[str, Any], n_clusters: int, seed: int
+                   ) -> tuple[ICBPLConfig, Any, dict[str, Any]]:
+    from ...train.loop import TrainConfig
+
+    icbpl_fields = {f.name for f in dataclasses.fields(ICBPLConfig)} - {"n_clusters"}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"seed"}
+    unknown = sorted(set(options) - icbpl_fields - train_fields - set(_DATA_OPTIONS))
+    if unknown:
+        raise ImgclustError(f"unknown ICBPL option(s): {', '.join(unknown)}",
+                            f"ICBPL accepts: {', '.join(sorted(icbpl_fields | train_fields | set(_DATA_OPTIONS)))}")
+    icbpl = ICBPLConfig(n_clusters=n_clusters, **{k: v for k, v in options.items() if k in icbpl_fields})
+    train_kwargs = dict(_TRAIN_DEFAULTS)
+    train_kwargs.update({k: v for k, v in options.items() if k in train_fields})
+    train = TrainConfig(seed=seed, **train_kwargs)
+    data = dict(_DATA_OPTIONS)
+    data.update({k: v for k, v in options.items() if k in _DATA_OPTIONS})
+    return icbpl, train, data
+
+
+def fit_icbpl(context: FitContext) -> FitResult:
+    """Registry entry point: train ICBPL on ``context`` (options: ICBPLConfig, TrainConfig and data fields).
+
+    Head mode (``trainable_blocks=0``) trains on cached features of ``n_views`` augmented views (or, for
+    bring-your-own embeddings, on the embeddings themselves: no augmentation exists). Fine-tuning caches the
+    trunk activations of the views on the CPU, or augments images per step on CUDA.
+    """
+    from ...augment import BatchAugment
+    from ...train.loop import fit
+    from ...train.protocol import prepare_inputs
+
+    icbpl_config, train_config, data = _split_options(dict(context.options), context.n_clusters, context.seed)
+    blocks = int(data["trainable_blocks"])
+    features = np.asarray(context.features, dtype=np.float32)
+    if context.dataset is None or context.backbone is None:
+        if blocks > 0:
+            raise ImgclustError("fine-tuning (trainable_blocks > 0) needs images, but the input is embeddings",
+                                "use trainable_blocks=0 with embeddings")
+        inputs = TrainInputs.from_features(features, labels=context.labels)
+    else:
+        inputs = prepare_inputs(context.dataset, context.backbone, n_trainable_blocks=blocks,
+                                n_views=int(data["n_views"]), augment=BatchAugment(str(data["augment"])),
+                                device=context.device, on_the_fly=data["on_the_fly"], cache_dir=context.cache_dir,
+                                batch_size=context.batch_size, num_workers=context.num_workers, seed=context.seed,
+                                labels=context.labels, reference_features=features,
+                                cache_dtype=str(data["cache_dtype"]), progress=context.progress)
+    method = ICBPL(icbpl_config)
+    result = fit(method, inputs, train_config, device=context.device, run_dir=context.run_dir,
+                 resume=context.resume)
+    net = result.model
+    labels, confidence, distance = _assign_clean(net, inputs, torch.device(context.device),
+                                                 train_config.eval_batch_size)
+    model = ICBPLModel(net, icbpl_config, inputs.feature_dim, getattr(context.backbone, "name", None), blocks)
+    info = {"epochs": result.epochs_done, "best_epoch": result.best_epoch, "best_score": result.best_score,
+            "resumed_from": result.resumed_from, "history": result.history, "trainable_blocks": blocks,
+            "config": dataclasses.asdict(icbpl_config), "train_config": train_config.to_dict(),
+            "confidence_temperature": icbpl_config.temperature}
+    return FitResult(model=model, assignment=Assignment(labels, confidence, distance), info=info)
+
+
+@torch.no_grad()
+def _assign_clean(net: ICBPLNet, inputs: TrainInputs, device: torch.device, batch_size: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nearest-centroid labels, confidence and cosine distance of every clean training input."""
+    net = net.to(device).eval()
+    parts = [net.assign(net(x)) for _, x in inputs.iter_clean(batch_size, device)]
+    labels, confidence, distance = (torch.cat([p[i] for p in parts]).cpu().numpy() for i in range(3))
+    return labels.astype(np.int64), confidence.astype(np.float32), distance.astype(np.float32)

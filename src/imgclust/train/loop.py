@@ -1,0 +1,488 @@
+"""The one training loop of imgclust: :func:`fit` trains any :class:`~imgclust.train.protocol.TrainableMethod`.
+
+What it guarantees, whatever the method:
+
+* **device as a parameter**: nothing here says ``.cuda()``; AMP (autocast, and a GradScaler for fp16) only
+  when ``device.type == "cuda"``;
+* **determinism**: global RNGs seeded from ``config.seed`` before the model is built; the data order of
+  epoch e is a permutation drawn from (seed, e) only; every step gets a generator seeded from
+  (seed, epoch, step) for its views and the method's own sampling;
+* **exact resume**: after every epoch ``run_dir/checkpoints/last.pt`` is written atomically with model,
+  optimiser, scheduler, scaler, method state, RNG states, epoch and history; ``resume=True`` continues from
+  it and ends with the same weights as an uninterrupted run;
+* **logging**: one JSON line per epoch in ``run_dir/train_log.jsonl`` (mean of every value the method's
+  ``training_step`` returned, learning rate, time, label-free selection score, cluster-size summary, and
+  ACC/NMI/ARI when labels exist; labels are never used for anything else);
+* **label-free model selection**: ``best.pt`` keeps the epoch with the lowest ``method.selection_score``;
+  ``config.select="best"`` returns that model, ``"last"`` the final one;
+* a non-finite loss stops the run with an error that says what to change;
+* under ``torchrun`` (see :mod:`imgclust.distributed`) each process trains on its slice of every global
+  batch through DistributedDataParallel, batch norms use global statistics, and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .. import distributed as dist
+from .._io import write_text
+from ..augment import make_generator
+from ..errors import ImgclustError
+from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from .protocol import Batch, EpochBatchSampler, TrainableMethod, TrainInputs, unwrap
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ["TrainConfig", "TrainContext", "TrainResult", "fit", "OPTIMIZERS", "SCHEDULES"]
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "constant")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+# Settings that may differ between a run and its resumption (they do not change the trajectory, or
+# change only what is evaluated/returned). ``epochs`` may grow, which stretches the cosine schedule.
+_RESUMABLE_CHANGES = {"epochs", "eval_every", "eval_batch_size", "select", "log_metrics", "progress"}
+
+
+@dataclass
+class TrainConfig:
+    """Settings of :func:`fit` shared by every method (method-specific ones live in the method).
+
+    Attributes:
+        epochs: passes over the N samples.
+        batch_size: global batch size (split over processes under torchrun).
+        lr: base learning rate (a parameter group may scale it with ``"lr_scale"``).
+        weight_decay: default weight decay (a group may set its own ``"weight_decay"``).
+        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"`` (momentum ``momentum``).
+        momentum: SGD momentum.
+        schedule: ``"cosine"`` (per step, to ``min_lr_ratio``·lr) or ``"constant"``; groups with
+            ``"fixed_lr": True`` are never scheduled.
+        warmup_epochs: linear warm-up length (per step), before the schedule.
+        min_lr_ratio: final lr of the cosine schedule, relative to the base.
+        grad_clip: max global gradient norm, or ``None``.
+        seed: seeds everything (model init, data order, views, method sampling).
+        amp: ``"auto"`` (bf16 where supported, else fp16) / ``"bf16"`` / ``"fp16"`` / ``"off"``;
+            CUDA only, ignored on other devices.
+        drop_last: drop each epoch's last incomplete batch.
+        eval_every: compute the selection score (+ metrics) every this many epochs, and at the last.
+        eval_batch_size: batch size of evaluation passes over the clean inputs.
+        select: ``"last"`` or ``"best"`` (lowest label-free selection score) model returned.
+        log_metrics: with labels, add ACC/NMI/ARI to the log (for reporting only).
+        progress: show a progress bar per epoch.
+    """
+
+    epochs: int = 50
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.0
+    grad_clip: float | None = None
+    seed: int = 0
+    amp: str = "auto"
+    drop_last: bool = True
+    eval_every: int = 1
+    eval_batch_size: int = 1024
+    select: str = "last"
+    log_metrics: bool = True
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.epochs < 0:
+            problems.append(f"epochs must be >= 0, got {self.epochs}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.amp not in AMP_MODES:
+            problems.append(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.select not in ("last", "best"):
+            problems.append(f"select must be 'last' or 'best', got {self.select!r}")
+        if self.eval_every < 1:
+            problems.append(f"eval_every must be >= 1, got {self.eval_every}")
+        if problems:
+            raise ImgclustError("invalid training settings: " + "; ".join(problems),
+                                "fix the listed training options")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+        model: the trained model (unwrapped, on the training device, eval mode); the best-scoring epoch's
+            weights when ``config.select == "best"``.
+        labels: (N,) int64 predicted cluster of each training sample (from ``method.predict``).
+        confidence: (N,) float32.
+        history: one dict per epoch (the lines of ``train_log.jsonl``).
+        epochs_done: epochs trained in total (including those before a resume).
+        best_epoch: epoch with the lowest selection score (-1 if none was evaluated).
+        best_score: that score (``inf`` if none).
+        resumed_from: epochs already done when this call started (0 for a fresh run).
+    """
+
+    model: nn.Module
+    labels: np.ndarray
+    confidence: np.ndarray
+    history: list[dict[str, Any]] = field(default_factory=list)
+    epochs_done: int = 0
+    best_epoch: int = -1
+    best_score: float = math.inf
+    resumed_from: int = 0
+
+
+class TrainContext:
+    """The loop's services for a method (see :class:`~imgclust.train.protocol.TrainContextProtocol`)."""
+
+    def __init__(self, inputs: TrainInputs, config: TrainConfig, device: torch.device, run_dir: Path | None):
+        self.inputs = inputs
+        self.config = config
+        self.device = device
+        self.run_dir = run_dir
+        self.seed = int(config.seed)
+        self.epoch = 0
+        self.global_step = 0
+        self.steps_per_epoch = 0
+        # Bumped whenever the weights change (each step, and when the best epoch's weights are loaded):
+        # a method may memoise its clean-input embedding on (model_version, epoch).
+        self.model_version = 0
+        self._logged: dict[str, float] = {}
+        self.amp_dtype: torch.dtype | None = None
+        if device.type == "cuda" and config.amp != "off":
+            if config.amp == "fp16" or (config.amp == "auto" and not torch.cuda.is_bf16_supported()):
+                self.amp_dtype = torch.float16
+            else:
+                self.amp_dtype = torch.bfloat16
+
+    def autocast(self) -> Any:
+        """Mixed precision on CUDA (per ``config.amp``); a no-op context elsewhere."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+
+    def load(self, indices: np.ndarray | torch.Tensor, generator: torch.Generator, n_views: int = 1
+             ) -> list[torch.Tensor]:
+        """Augmented views of any samples (e.g. mined neighbours), as for a batch."""
+        if isinstance(indices, torch.Tensor):
+            indices = indices.detach().cpu().numpy()
+        return self.inputs.load_views(np.asarray(indices, dtype=np.int64), n_views, generator, self.device)
+
+    def load_clean(self, indices: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Un-augmented inputs of any samples."""
+        if isinstance(indices, torch.Tensor):
+            indices = indices.detach().cpu().numpy()
+        return self.inputs.load_clean(np.asarray(indices, dtype=np.int64), self.device)
+
+    @torch.no_grad()
+    def embed(self, fn: Callable[[torch.Tensor], torch.Tensor], batch_size: int | None = None) -> torch.Tensor:
+        """``fn`` over every clean input, in order, without gradients; (N, ...) float32 on the device.
+
+        The caller chooses the mode (the loop calls the hooks, ``predict`` and ``selection_score`` with the
+        model in eval mode).
+        """
+        parts = []
+        for _, x in self.inputs.iter_clean(batch_size or self.config.eval_batch_size, self.device):
+            with self.autocast():
+                parts.append(fn(x).float())
+        return torch.cat(parts, dim=0)
+
+    def log(self, **scalars: float) -> None:
+        """Add numbers to this epoch's JSON log line."""
+        for key, value in scalars.items():
+            self._logged[key] = float(value)
+
+    def _take_logged(self) -> dict[str, float]:
+        logged, self._logged = self._logged, {}
+        return logged
+
+
+def _lr_lambda(config: TrainConfig, steps_per_epoch: int, fixed: bool) -> Callable[[int], float]:
+    total = max(1, config.epochs * steps_per_epoch)
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+
+    def factor(step: int) -> float:
+        if fixed:
+            return 1.0
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _make_optimizer(groups: list[dict[str, Any]], config: TrainConfig) -> torch.optim.Optimizer:
+    prepared = []
+    for group in groups:
+        group = dict(group)
+        group["params"] = [p for p in group["params"] if p.requires_grad]
+        if not group["params"]:
+            continue
+        group.setdefault("lr", config.lr * float(group.get("lr_scale", 1.0)))
+        group.setdefault("weight_decay", config.weight_decay)
+        group.setdefault("fixed_lr", False)
+        group.setdefault("name", f"group{len(prepared)}")
+        prepared.append(group)
+    if not prepared:
+        raise ImgclustError("the model has no trainable parameters", "this method needs a trainable head")
+    if config.optimizer == "adam":
+        return torch.optim.Adam(prepared, lr=config.lr)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(prepared, lr=config.lr)
+    return torch.optim.SGD(prepared, lr=config.lr, momentum=config.momentum)
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _scalar_dict(out: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().float() for k, v in out.items()
+            if isinstance(v, torch.Tensor) and v.dim() == 0}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _label_metrics(labels: np.ndarray | None, predicted: np.ndarray) -> dict[str, float]:
+    if labels is None or not (labels >= 0).any():
+        return {}
+    from ..metrics import evaluate
+
+    result = evaluate(labels, predicted)
+    return {k: float(result[k]) for k in ("acc", "nmi", "ari") if k in result}
+
+
+def _cluster_summary(predicted: np.ndarray) -> dict[str, float]:
+    counts = np.bincount(predicted[predicted >= 0]) if predicted.size else np.zeros(1)
+    used = int((counts > 0).sum())
+    return {"clusters_used": used, "largest_cluster_frac": float(counts.max() / max(1, predicted.size))}
+
+
+def _check_resumable(saved: dict[str, Any], config: TrainConfig, method: TrainableMethod, path: Path) -> None:
+    if saved.get("method") != method.name:
+        raise ImgclustError(f"{path} belongs to a run of method {saved.get('method')!r}, not {method.name!r}",
+                            "use another run folder, or start without --resume")
+    old = saved.get("config", {})
+    new = config.to_dict()
+    changed = sorted(k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k])
+    if changed:
+        details = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
+        raise ImgclustError(f"cannot resume {path}: training settings changed ({details})",
+                            "resume with the original settings, or start a new run folder")
+
+
+def fit(method: TrainableMethod, inputs: TrainInputs, config: TrainConfig | None = None,
+        device: str | torch.device = "cpu", run_dir: str | Path | None = None, resume: bool = False,
+        ) -> TrainResult:
+    """Train ``method`` on ``inputs``: the only training loop in imgclust (see the module docstring).
+
+    Args:
+        method: a :class:`~imgclust.train.protocol.TrainableMethod`.
+        inputs: the training samples (:class:`~imgclust.train.protocol.TrainInputs`).
+        config: loop settings (default :class:`TrainConfig`).
+        device: where the model trains.
+        run_dir: folder for ``checkpoints/`` and ``train_log.jsonl`` (``None``: nothing written; no resume).
+        resume: continue from ``run_dir/checkpoints/last.pt`` when it exists (a fresh run otherwise).
+
+    Returns:
+        :class:`TrainResult` (model, predictions on the training samples, history, selection).
+
+    Raises:
+        ImgclustError: invalid settings, a checkpoint of another run, or a non-finite loss.
+    """
+    config = config or TrainConfig()
+    device = torch.device(device)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    if resume and run_dir is None:
+        raise ImgclustError("resume=True needs a run folder", "pass run_dir (--run-dir) of the run to continue")
+    main = dist.is_main_process()
+    ckpt_dir = run_dir / "checkpoints" if run_dir is not None else None
+    last_path = ckpt_dir / "last.pt" if ckpt_dir is not None else None
+    best_path = ckpt_dir / "best.pt" if ckpt_dir is not None else None
+    log_path = run_dir / "train_log.jsonl" if run_dir is not None else None
+
+    _seed_everything(int(config.seed))
+    spec = inputs.spec()
+    model = method.build_model(spec).to(device)
+    groups = method.param_groups(model, config)
+    optimizer = _make_optimizer(groups, config)
+    sampler = EpochBatchSampler(len(inputs), config.batch_size, config.seed, config.drop_last,
+                                dist.rank(), dist.world_size())
+    steps_per_epoch = len(sampler)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [_lr_lambda(config, steps_per_epoch, bool(g.get("fixed_lr"))) for g in optimizer.param_groups])
+    ctx = TrainContext(inputs, config, device, run_dir)
+    ctx.steps_per_epoch = steps_per_epoch
+    scaler = torch.amp.GradScaler("cuda") if ctx.amp_dtype == torch.float16 else None
+
+    start_epoch, global_step = 0, 0
+    history: list[dict[str, Any]] = []
+    best = {"score": math.inf, "epoch": -1}
+    best_state: dict[str, torch.Tensor] | None = None
+    if resume and last_path is not None and last_path.exists():
+        saved = load_checkpoint(last_path)
+        _check_resumable(saved, config, method, last_path)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        if scaler is not None and saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
+        method.load_state_dict(saved["method_state"])
+        set_rng_state(saved["rng"])
+        start_epoch, global_step = int(saved["epochs_done"]), int(saved["global_step"])
+        history = list(saved.get("history", []))
+        best = dict(saved.get("best", best))
+        _logger.info("resuming %s from %s after epoch %d", method.name, last_path, start_epoch)
+    elif resume:
+        _logger.info("no checkpoint in %s: starting a fresh run", run_dir)
+    resumed_from = start_epoch
+    if main and log_path is not None:
+        _write_log(log_path, history)  # drops lines of an epoch whose checkpoint was never written
+
+    train_model: nn.Module = model
+    if dist.is_distributed():
+        model = dist.convert_sync_batchnorm(model, device)
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+
+    for epoch in range(start_epoch, config.epochs):
+        started = time.perf_counter()
+        ctx.epoch = epoch
+        ctx.global_step = global_step
+        model.eval()
+        method.on_epoch_start(train_model, epoch, ctx)
+        train_model.train()
+        sums: dict[str, torch.Tensor] = {}
+        batches = sampler.batches(epoch)
+        for step, idx in enumerate(_progress(batches, config.progress and main, f"epoch {epoch}")):
+            generator = make_generator(config.seed, epoch, step)
+            views = inputs.load_views(idx, method.n_views, generator, device)
+            batch = Batch(indices=torch.as_tensor(idx, device=device), views=views, epoch=epoch, step=step,
+                          global_step=global_step, generator=generator)
+            ctx.global_step = global_step
+            with ctx.autocast():
+                out = method.training_step(train_model, batch, ctx)
+            if "loss" not in out:
+                raise ValueError(f"{type(method).__name__}.training_step must return a dict with 'loss'")
+            loss = out["loss"]
+            if not bool(torch.isfinite(loss.detach())):
+                raise ImgclustError(
+                    f"training diverged: the loss became {float(loss.detach())} in epoch {epoch}, step {step}",
+                    "lower the learning rate (--lr), or enable gradient clipping (grad_clip)")
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                if config.grad_clip is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                if config.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                optimizer.step()
+            scheduler.step()
+            global_step += 1
+            ctx.global_step = global_step
+            ctx.model_version += 1
+            method.on_step_end(train_model, batch, ctx)
+            for key, value in _scalar_dict(out).items():
+                sums[key] = sums.get(key, torch.zeros((), device=value.device)) + value
+        model.eval()
+        extra = method.on_epoch_end(train_model, epoch, ctx) or {}
+        record: dict[str, Any] = {"epoch": epoch, "global_step": global_step}
+        record.update({k: float(v) / max(1, len(batches)) for k, v in sums.items()})
+        record["lr"] = float(optimizer.param_groups[0]["lr"])
+        record.update({k: float(v) for k, v in extra.items()})
+        last_epoch = epoch == config.epochs - 1
+        if (epoch + 1) % config.eval_every == 0 or last_epoch:
+            score = float(method.selection_score(model, inputs, ctx))
+            predicted, _ = method.predict(model, inputs, ctx)
+            predicted = np.asarray(predicted)
+            record["selection_score"] = score
+            record.update(_cluster_summary(predicted))
+            if config.log_metrics:
+                record.update(_label_metrics(inputs.labels, predicted))
+            if score < best["score"]:
+                best = {"score": score, "epoch": epoch}
+                if main and best_path is not None:
+                    save_checkpoint(best_path, {"method": method.name, "epoch": epoch, "score": score,
+                                                "model": model.state_dict()})
+                elif best_path is None:
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        record.update(ctx._take_logged())
+        record["time_s"] = round(time.perf_counter() - started, 3)
+        record = {k: _jsonable(v) for k, v in record.items()}
+        history.append(record)
+        _logger.info("%s epoch %d: %s", method.name, epoch, json.dumps(record))
+        if main and log_path is not None:
+            _write_log(log_path, history)
+        if main and last_path is not None:
+            save_checkpoint(last_path, {
+                "method": method.name, "epochs_done": epoch + 1, "global_step": global_step,
+                "config": config.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
+                "method_state": method.state_dict(), "rng": get_rng_state(), "best": best, "history": history,
+            })
+        dist.barrier()
+
+    if config.select == "best" and best["epoch"] >= 0:
+        if best_path is not None and best_path.exists():
+            model.load_state_dict(load_checkpoint(best_path)["model"])
+        elif best_state is not None:
+            model.load_state_dict(best_state)
+        ctx.model_version += 1
+    model.eval()
+    ctx.epoch = max(ctx.epoch, config.epochs - 1)
+    labels, confidence = method.predict(model, inputs, ctx)
+    return TrainResult(model=unwrap(model), labels=np.asarray(labels, dtype=np.int64),
+                       confidence=np.asarray(confidence, dtype=np.float32), history=history,
+                       epochs_done=max(start_epoch, config.epochs), best_epoch=int(best["epoch"]),
+                       best_score=float(best["score"]), resumed_from=resumed_from)
+
+
+def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
+    write_text(path, "".join(json.dumps(r) + "\n" for r in history))
+
+
+def _progress(batches: list[np.ndarray], show: bool, desc: str) -> Iterator[np.ndarray]:
+    if not show:
+        yield from batches
+        return
+    from tqdm.auto import tqdm
+
+    yield from tqdm(batches, desc=desc, unit="step", leave=False)

@@ -1,0 +1,58 @@
+"""Shared fixtures. Real data comes from ../shared/data (never copied into the repo).
+
+On a user's clone there is no ../shared: tests that need it skip with a reason. Under CI=true they fail
+instead, so CI can never pass by silently skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("IMGCLUST_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+CIFAR10_DIR = SHARED_DATA / "cifar10"
+
+
+def require_shared(path: Path) -> Path:
+    """Return ``path`` if it exists; otherwise skip (user clone) or fail (CI)."""
+    if path.exists():
+        return path
+    reason = f"needs {path} (the project's shared data folder, absent on a user's clone)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir() -> Path:
+    """Root of the provided CIFAR-10 JPEG copy: ``{train,test}/<class>/NNNN.jpg``."""
+    return require_shared(CIFAR10_DIR)
+
+
+def cifar10_subset_paths(root: Path, split: str, per_class: int, classes: list[str] | None = None
+                         ) -> tuple[list[Path], np.ndarray, list[str]]:
+    """The first ``per_class`` files of each class folder, in a fixed order, with int labels."""
+    class_names = classes or sorted(p.name for p in (root / split).iterdir() if p.is_dir())
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, name in enumerate(class_names):
+        files = sorted((root / split / name).glob("*.jpg"))[:per_class]
+        paths += files
+        labels += [label] * len(files)
+    return paths, np.asarray(labels, dtype=np.int64), class_names
+
+
+@pytest.fixture
+def cifar10_small_folder(tmp_path: Path, cifar10_dir: Path) -> Path:
+    """A folder of 20 real CIFAR-10 test images per class (200 in all), linked with class sub-folders."""
+    paths, _, names = cifar10_subset_paths(cifar10_dir, "test", 20)
+    root = tmp_path / "cifar_small"
+    for p in paths:
+        dst = root / p.parent.name / p.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(p.read_bytes())
+    return root
