@@ -26,13 +26,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from .errors import ImgclustError
-from .methods.kmeans import kmeans
-from .neighbors import nearest_neighbors, normalize_features
 
 CRITERIA = ("silhouette", "eigengap", "stability", "calinski_harabasz", "davies_bouldin")
 DEFAULT_CRITERION = "silhouette"
@@ -139,6 +137,8 @@ def eigenvalues(x: np.ndarray, n_eigen: int, n_neighbors: int = 10) -> np.ndarra
     import scipy.sparse as sp
     from scipy.sparse.linalg import eigsh
 
+    from .neighbors import nearest_neighbors
+
     n = x.shape[0]
     k = max(1, min(n_neighbors, n - 1))
     nn = nearest_neighbors(x, k)
@@ -163,7 +163,7 @@ def eigenvalues(x: np.ndarray, n_eigen: int, n_neighbors: int = 10) -> np.ndarra
 def _stability(x: np.ndarray, k: int, seed: int, n_pairs: int, fraction: float = 0.8) -> float:
     from sklearn.metrics import adjusted_rand_score
 
-    from .methods.kmeans import predict
+    from .methods.kmeans import kmeans, predict
 
     rng = np.random.default_rng([seed, k])
     n = x.shape[0]
@@ -204,6 +204,9 @@ def estimate_k(features: Any, k_range: tuple[int, int] | str | None = None, crit
     Raises:
         ImgclustError: unknown criterion, bad range, too few rows, bad feature values.
     """
+    from .methods.kmeans import kmeans
+    from .neighbors import normalize_features
+
     started = time.perf_counter()
     if isinstance(extra_criteria, str):
         extra_criteria = CRITERIA if extra_criteria == "all" else (extra_criteria,)
@@ -211,7 +214,7 @@ def estimate_k(features: Any, k_range: tuple[int, int] | str | None = None, crit
     for name in wanted:
         if name not in CRITERIA:
             raise ImgclustError(f"unknown K criterion {name!r}", f"choose one of: {', '.join(CRITERIA)}")
-    low_high = parse_k_range(k_range) if not isinstance(k_range, tuple) else parse_k_range(k_range)
+    low_high = parse_k_range(k_range)
     x = normalize_features(features)
     n_total = x.shape[0]
     if n_total > max_samples:
@@ -222,14 +225,10 @@ def estimate_k(features: Any, k_range: tuple[int, int] | str | None = None, crit
 
     curves: dict[str, list[float]] = {name: [] for name in wanted if name != "eigengap"}
     curves["inertia"] = []
-    needs_sweep = any(name in ("silhouette", "calinski_harabasz", "davies_bouldin") for name in wanted)
-    bar = _progress(ks, progress, "estimating K")
-    for k in bar:
-        labels = None
-        if needs_sweep or True:  # inertia is always reported
-            result = kmeans(x, k, seed=seed, n_init=n_init)
-            labels = result.labels
-            curves["inertia"].append(result.inertia)
+    for k in _progress(ks, progress, "estimating K"):
+        result = kmeans(x, k, seed=seed, n_init=n_init)  # the k-means objective is always reported
+        labels = result.labels
+        curves["inertia"].append(result.inertia)
         for name in wanted:
             if name == "silhouette":
                 curves[name].append(_silhouette(x, labels))
@@ -326,5 +325,3 @@ def select_k_for_source(clusterer: Any, source: Any, k_range: Any = None, criter
         n_classes = int(np.unique(labels[labels >= 0]).size)
     return selection, n_classes
 
-
-CriterionFn = Callable[[np.ndarray, np.ndarray], float]

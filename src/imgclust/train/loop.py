@@ -80,6 +80,9 @@ class TrainConfig:
         select: ``"last"`` or ``"best"`` (lowest label-free selection score) model returned.
         log_metrics: with labels, add ACC/NMI/ARI to the log (for reporting only).
         progress: show a progress bar per epoch.
+        hold_epochs: epochs at lr 0 at the very start (scheduled groups only), before the warm-up, which
+            then ramps from 0 over the steps ``[hold, warmup)`` (SeCu's epoch 0, in which only the
+            fixed-lr centres move).
     """
 
     epochs: int = 50
@@ -100,9 +103,12 @@ class TrainConfig:
     select: str = "last"
     log_metrics: bool = True
     progress: bool = False
+    hold_epochs: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
+        if self.hold_epochs < 0:
+            problems.append(f"hold_epochs must be >= 0, got {self.hold_epochs}")
         if self.epochs < 0:
             problems.append(f"epochs must be >= 0, got {self.epochs}")
         if self.batch_size < 1:
@@ -221,12 +227,15 @@ class TrainContext:
 def _lr_lambda(config: TrainConfig, steps_per_epoch: int, fixed: bool) -> Callable[[int], float]:
     total = max(1, config.epochs * steps_per_epoch)
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    hold = int(round(config.hold_epochs * steps_per_epoch))
 
     def factor(step: int) -> float:
         if fixed:
             return 1.0
+        if step < hold:
+            return 0.0
         if step < warmup:
-            return (step + 1) / warmup
+            return (step - hold + 1) / (warmup - hold)
         if config.schedule == "constant":
             return 1.0
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -425,6 +434,10 @@ def fit(method: TrainableMethod, inputs: TrainInputs, config: TrainConfig | None
         model.eval()
         extra = method.on_epoch_end(train_model, epoch, ctx) or {}
         record: dict[str, Any] = {"epoch": epoch, "global_step": global_step}
+        if dist.is_distributed() and sums:  # log the mean over all processes, not rank 0's share
+            keys = sorted(sums)
+            total = dist.all_reduce_sum(torch.stack([sums[k] for k in keys])) / dist.world_size()
+            sums = dict(zip(keys, total.unbind(0)))
         record.update({k: float(v) / max(1, len(batches)) for k, v in sums.items()})
         record["lr"] = float(optimizer.param_groups[0]["lr"])
         record.update({k: float(v) for k, v in extra.items()})

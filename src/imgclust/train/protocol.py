@@ -63,6 +63,7 @@ The pieces
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from dataclasses import dataclass, field
@@ -572,6 +573,9 @@ def prepare_inputs(dataset: Any, backbone: Any, *, n_trainable_blocks: int = 0, 
         return TrainInputs(views=views, clean=reference_features, encoder=None, feature_dim=feature_dim,
                            labels=labels, reference_features=reference_features, neighbors=neighbors)
     trunk, tail = backbone.split(int(n_trainable_blocks))
+    # Train a copy of the tail: the backbone object (shared with feature extraction and its cache, keyed by
+    # the weights file) must keep its pretrained weights.
+    tail = copy.deepcopy(tail)
     if not on_the_fly:
         encoder_id = f"trunk-{int(n_trainable_blocks)}"
         trunk_args = dict(encoder=trunk, encoder_id=encoder_id, dtype=cache_dtype, **common)

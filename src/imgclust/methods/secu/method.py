@@ -209,8 +209,9 @@ class SeCuConfig:
         centre_lr: constant learning rate of the centres [``--clr``, 1.2 for CIFAR-10].
         encoder_lr_scale: encoder lr relative to the base lr (default 1 for the from-scratch ResNets,
             0.1 for a pretrained backbone's fine-tuned blocks).
-        hold_encoder_epochs: epochs at the start in which the encoder does not learn (the authors' epoch
-            0 with encoder lr 0: only centres move and the memory initialises).
+
+    The authors' epoch 0, in which the encoder's lr is 0 (only the centres move and the memory
+    initialises), is the loop's ``TrainConfig.hold_epochs = 1`` (a default of :func:`fit_secu`).
     """
 
     n_clusters: int = 10
@@ -226,7 +227,6 @@ class SeCuConfig:
     entropy_weight: float | None = None
     centre_lr: float = 1.2
     encoder_lr_scale: float | None = None
-    hold_encoder_epochs: int = 1
 
     def __post_init__(self) -> None:
         problems = []
@@ -254,8 +254,6 @@ class SeCuConfig:
             problems.append(f"entropy_weight must be >= 0, got {self.entropy_weight}")
         if self.encoder_lr_scale is not None and self.encoder_lr_scale < 0:
             problems.append(f"encoder_lr_scale must be >= 0, got {self.encoder_lr_scale}")
-        if self.hold_encoder_epochs < 0:
-            problems.append(f"hold_encoder_epochs must be >= 0, got {self.hold_encoder_epochs}")
         if problems:
             raise ImgclustError("invalid SeCu settings: " + "; ".join(problems), "fix the listed SeCu options")
 
@@ -366,9 +364,7 @@ class SeCu(MethodBase):
                                                   cfg.label_mix)
         n_terms = 2.0 * len(centres)
         loss_c, loss_x = loss_c / n_terms, loss_x / n_terms
-        encoder_weight = 0.0 if batch.epoch < cfg.hold_encoder_epochs else 1.0
-        # Weight 0 (not a detach) keeps every parameter in the graph, as DistributedDataParallel requires.
-        return {"loss": loss_c + encoder_weight * loss_x, "loss_x": loss_x.detach(), "loss_c": loss_c.detach()}
+        return {"loss": loss_x + loss_c, "loss_x": loss_x.detach(), "loss_c": loss_c.detach()}
 
     def on_epoch_end(self, model: nn.Module, epoch: int, ctx: Any) -> dict[str, float]:
         """Cluster-size statistics of every head (the authors print max/min counts per head), then the
@@ -554,10 +550,11 @@ _DATA_OPTIONS: dict[str, Any] = {
     "on_the_fly": None,        # images form for backbone fine-tuning (default: on CUDA)
     "cache_dtype": "float32",
 }
-# The authors' optimisation (main.py + run_cifar10.sh); epochs default per encoder below.
+# The authors' optimisation (main.py + run_cifar10.sh): epoch 0 at encoder lr 0, linear warm-up to
+# epoch 11, cosine to 0; epochs default per encoder below (401 = 1 held + 400 for CIFAR-10).
 _TRAIN_DEFAULTS: dict[str, Any] = {"batch_size": 128, "lr": 0.2, "optimizer": "sgd", "momentum": 0.9,
-                                   "weight_decay": 1e-4, "schedule": "cosine", "warmup_epochs": 11.0,
-                                   "drop_last": False}
+                                   "weight_decay": 1e-4, "schedule": "cosine", "hold_epochs": 1.0,
+                                   "warmup_epochs": 11.0, "drop_last": False}
 _EPOCHS = {"resnet18_cifar": 401, "resnet18_stl": 801, "backbone": 100}
 
 
