@@ -29,6 +29,27 @@ from imgclust.train import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tests run on tiny tensors: one intra-op thread is fastest, and immune to a busy machine
+    (with 2 threads, OpenMP spin-waits make tiny ops 10-50x slower when the cores are shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        from imgclust.neighbors import load_faiss
+
+        faiss = load_faiss()
+    except ImportError:  # pragma: no cover
+        faiss = None
+    faiss_threads = faiss.omp_get_max_threads() if faiss is not None else None
+    if faiss is not None:
+        faiss.omp_set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    if faiss is not None:
+        faiss.omp_set_num_threads(faiss_threads)
+
+
 def blobs(k: int = 3, per: int = 40, dim: int = 16, n_views: int = 2, seed: int = 0
           ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
     """K well-separated Gaussian blobs as "features", plus noisy copies as cached augmented views."""
@@ -352,3 +373,83 @@ def test_fit_icbpl_on_embeddings_and_model_roundtrip(tmp_path: Path) -> None:
     assert np.allclose(a.distance, result.assignment.distance, atol=1e-6)
     with pytest.raises(ImgclustError, match="unknown ICBPL option"):
         fit_icbpl(FitContext(features=x, n_clusters=3, options={"epoch": 3}))
+
+
+# -- prepare_inputs through the real feature cache, with a tiny backbone ---------------------------------------
+
+class TinyConvBackbone(__import__("imgclust.backbones.base", fromlist=["Backbone"]).Backbone):
+    """A 2-block conv net obeying the Backbone contract (8x8 inputs, 6-d features)."""
+
+    def __init__(self) -> None:
+        from imgclust.backbones.base import Preprocess
+
+        super().__init__("tiny", 6, Preprocess(8, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bilinear"), "test:tiny")
+        torch.manual_seed(0)
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()),
+                                     nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.ReLU())])
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    @property
+    def num_blocks(self) -> int:
+        return 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.pool(x)
+
+    def _split(self, n: int) -> tuple[nn.Module, nn.Module]:
+        cut = 2 - n
+        return (nn.Sequential(self.stem, *self.blocks[:cut]), nn.Sequential(*self.blocks[cut:], self.pool))
+
+
+@pytest.mark.parametrize("blocks,on_the_fly", [(0, False), (1, False), (1, True)])
+def test_prepare_inputs_and_fit_icbpl_on_images(tmp_path: Path, blocks: int, on_the_fly: bool) -> None:
+    from imgclust.data.arrays import ArrayImageDataset
+    from imgclust.features import extract_features
+    from imgclust.train import prepare_inputs
+
+    images, labels = tiny_images(n=24, size=8)
+    dataset = ArrayImageDataset(images.permute(0, 2, 3, 1).numpy(), labels=labels)
+    backbone = TinyConvBackbone().eval()
+    pristine = {k: v.clone() for k, v in backbone.state_dict().items()}
+    features = np.asarray(extract_features(dataset, backbone, cache_dir=tmp_path / "cache", num_workers=0,
+                                           progress=False).features)
+    inputs = prepare_inputs(dataset, backbone, n_trainable_blocks=blocks, n_views=2, on_the_fly=on_the_fly,
+                            cache_dir=tmp_path / "cache", num_workers=0, labels=labels, progress=False)
+    if blocks == 0:
+        assert inputs.spec().item_shape == (6,) and np.allclose(np.asarray(inputs.clean), features)
+    elif not on_the_fly:
+        assert inputs.spec().item_shape == (4, 8, 8) and inputs.n_views == 2
+        with torch.no_grad():  # the cached clean trunk activations reproduce the backbone through the tail
+            out = inputs.encoder(torch.from_numpy(np.array(inputs.clean)))
+        assert np.allclose(out.numpy(), features, atol=1e-5)
+    else:
+        assert inputs.images is not None and inputs.images.dtype == torch.uint8
+    context = FitContext(features=features, n_clusters=3, seed=0, dataset=dataset, backbone=backbone,
+                         labels=labels, run_dir=tmp_path / "run", cache_dir=tmp_path / "cache", num_workers=0,
+                         progress=False, options={"epochs": 2, "batch_size": 12, "trainable_blocks": blocks,
+                                                  "n_views": 2, "on_the_fly": on_the_fly, "n_neighbors": 3,
+                                                  "latent_dim": 8, "hidden_dim": 16})
+    result = fit_icbpl(context)
+    assert result.assignment.labels.shape == (24,)
+    assert result.model.input_encoder == ("backbone" if blocks == 0 else f"trunk-{blocks}")
+    for k, v in backbone.state_dict().items():  # training never touches the shared backbone
+        assert torch.equal(pristine[k], v), k
+    # The returned model assigns its kind of inputs (features / trunk activations) as during training.
+    if not on_the_fly:
+        encoder_inputs = features if blocks == 0 else np.array(inputs.clean)
+        assert np.array_equal(result.model.assign(encoder_inputs).labels, result.assignment.labels)
+    if blocks == 0:
+        again = ICBPLModel.from_state(result.model.state_tensors(), result.model.config())
+        assert np.array_equal(again.assign(features).labels, result.assignment.labels)
+
+
+def test_min_loss_warmup_is_a_function_of_the_step() -> None:
+    method = ICBPL(ICBPLConfig(w_min=0.5, min_warmup_epochs=2))
+    assert method.min_weight(0, 10) == pytest.approx(0.025)
+    assert method.min_weight(9, 10) == pytest.approx(0.25)
+    assert method.min_weight(19, 10) == method.min_weight(500, 10) == pytest.approx(0.5)
+    assert ICBPL(ICBPLConfig(w_min=0.5)).min_weight(0, 10) == 0.5

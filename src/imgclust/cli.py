@@ -167,6 +167,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         os.environ["IMGCLUST_DATA"] = args.data_root
     out = args.out or _default_out(args.source, args.method, args.n_clusters)
     progress = not args.quiet
+    if args.n_clusters is not None and (args.k_range or args.k_criterion):
+        print("imgclust: note: -k is given, so K is not estimated (--k-range/--k-criterion ignored)", file=sys.stderr)
     started = time.perf_counter()
     selection = None
     report_paths: dict[str, Path] = {}
@@ -189,9 +191,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
             clusterer.set_params(n_clusters=selection.k)
             k_seconds = time.perf_counter() - k_started
             if progress:
-                print(format_curve(selection)
-                      + (f"\n  (the source's labels have {n_classes} classes; they were not used)" if n_classes else ""),
-                      flush=True)
+                note = f"\n  (the source's labels have {n_classes} classes; they were not used)" if n_classes else ""
+                print(format_curve(selection) + note, flush=True)
         clusterer.fit(source)
         timings = {**clusterer.timings_}
         if selection is not None:
@@ -301,8 +302,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # imgclust's own progress notes; other libraries (faiss's loader, matplotlib's font cache) stay quiet
+    logging.getLogger("imgclust").setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
     try:
         return args.func(args)
     except ImgclustError as err:

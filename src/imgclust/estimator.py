@@ -12,11 +12,12 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClusterMixin
 
-from . import __version__
+from . import __version__, distributed
 from ._io import atomic_path, write_json
 from .data import load_source
 from .data.base import EmbeddingDataset, ImageDataset
 from .errors import ImgclustError
+from .features import FeatureSet
 from .methods import available_methods, fit_method, model_class
 from .methods.base import Assignment, ClusterModel, FitContext
 
@@ -104,8 +105,13 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         dataset = load_source(source, labels=labels)
         if isinstance(dataset, EmbeddingDataset):
             return np.asarray(dataset.features, dtype=np.float32), np.arange(len(dataset)), dataset
-        from .features import extract_features
+        from .features import decode_images, extract_features
 
+        if encoder.startswith("pixels-"):  # models trained from scratch on the images themselves
+            images, valid, skipped = decode_images(dataset, int(encoder.split("-")[1]), self.num_workers,
+                                                   self.progress)
+            self.last_feature_set_ = FeatureSet(np.zeros((len(valid), 0), np.float32), valid, skipped)
+            return images.numpy(), valid, dataset
         backbone = self._backbone()
         if hasattr(dataset, "draft_size"):
             # Let the JPEG decoder shrink big photos while decoding: far faster, no loss at the model's size.
@@ -114,9 +120,20 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         if encoder != "backbone":
             trunk, _ = backbone.split(int(encoder.split("-")[1]))
             kwargs = {"encoder": trunk, "encoder_id": encoder}
-        feature_set = extract_features(dataset, backbone, cache_dir=self.cache_dir, device=self.device_,
-                                       batch_size=self.batch_size, num_workers=self.num_workers,
-                                       progress=self.progress, **kwargs)
+        def extract() -> Any:
+            return extract_features(dataset, backbone, cache_dir=self.cache_dir, device=self.device_,
+                                    batch_size=self.batch_size, num_workers=self.num_workers,
+                                    progress=self.progress and distributed.is_main_process(), **kwargs)
+
+        if distributed.is_distributed():
+            # Under torchrun, rank 0 fills the shared cache; the other ranks then read the finished entry.
+            if distributed.is_main_process():
+                feature_set = extract()
+            distributed.barrier()
+            if not distributed.is_main_process():
+                feature_set = extract()
+        else:
+            feature_set = extract()
         self.last_feature_set_ = feature_set
         return np.asarray(feature_set.features), feature_set.valid_indices, dataset
 

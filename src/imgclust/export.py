@@ -290,8 +290,10 @@ def export_clusters(run_dir: str | os.PathLike, to: str | os.PathLike, mode: str
 
 def format_result(result: ExportResult, to: str | os.PathLike, mode: str, limit: int = 10) -> str:
     """A short summary for the terminal."""
-    lines = [f"exported {len(result.created)} new {mode}(s), {len(result.existing)} already in place, into "
-             f"{len(result.folders)} folders under {to}"]
+    noun = {"symlink": "symlinks", "hardlink": "hard links", "copy": "copies"}.get(mode, mode)
+    used = len({dst.parent for dst in result.created + result.existing})
+    lines = [f"exported {len(result.created)} new {noun} ({len(result.existing)} already in place) into "
+             f"{used} cluster folders under {to}"]
     if result.unassigned:
         lines.append(f"  {len(result.unassigned)} unreadable image(s) were not clustered and are not exported")
     for title, entries, key in (("conflict(s), not overwritten", result.conflicts, "destination"),

@@ -7,7 +7,7 @@ import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -54,6 +54,40 @@ def _collate(rows: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[int
 def _worker_init(_: int) -> None:
     # Decoding is single-threaded work; extra intra-op threads in each worker only fight the model's.
     torch.set_num_threads(1)
+
+
+def iter_decoded(dataset: ImageDataset, rows: range, to_tensor: Callable[[Any], torch.Tensor], batch_size: int,
+                 num_workers: int, pin_memory: bool = False
+                 ) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
+    """Batches ``(row indices, uint8 (B,3,S,S) or None, [(row, reason) of undecodable rows])`` of ``rows``."""
+    loader = DataLoader(_DecodedImages(dataset, rows, to_tensor), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=_collate, worker_init_fn=_worker_init, pin_memory=pin_memory)
+    yield from loader
+
+
+def decode_images(dataset: ImageDataset, size: int, num_workers: int | None = None, progress: bool = True
+                  ) -> tuple[torch.Tensor, np.ndarray, list[dict[str, Any]]]:
+    """All decodable images resized to ``size``² as one uint8 (N_valid, 3, S, S) tensor, in parallel workers.
+
+    Returns the tensor, the dataset rows it holds, and ``{"index", "item", "reason"}`` for the rest.
+    """
+    from ..backbones.base import Preprocess
+    from tqdm.auto import tqdm
+
+    to_tensor = Preprocess(input_size=size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)).to_uint8_tensor
+    workers = default_num_workers() if num_workers is None else num_workers
+    parts: list[torch.Tensor] = []
+    valid: list[int] = []
+    bad: list[dict[str, Any]] = []
+    with tqdm(total=len(dataset), desc="decoding images", unit="img", disable=not progress, leave=False) as bar:
+        for indices, images, failures in iter_decoded(dataset, range(len(dataset)), to_tensor, 256, workers):
+            bad += [{"index": i, "item": dataset.items[i], "reason": r} for i, r in failures]
+            if images is not None:
+                parts.append(images)
+                valid += indices
+            bar.update(len(indices) + len(failures))
+    images = torch.cat(parts) if parts else torch.zeros((0, 3, size, size), dtype=torch.uint8)
+    return images, np.asarray(valid, dtype=np.int64), bad
 
 
 def default_num_workers() -> int:
@@ -148,9 +182,8 @@ def extract_features(
     for shard in todo:
         started = time.perf_counter()
         rows = range(shard * shard_size, min(n, (shard + 1) * shard_size))
-        loader = DataLoader(_DecodedImages(dataset, rows, preprocess.to_uint8_tensor), batch_size=batch_size,
-                            num_workers=workers, collate_fn=_collate, worker_init_fn=_worker_init,
-                            pin_memory=device.type == "cuda", persistent_workers=False)
+        loader = iter_decoded(dataset, rows, preprocess.to_uint8_tensor, batch_size, workers,
+                              pin_memory=device.type == "cuda")
         generator = torch.Generator(device=device)
         generator.manual_seed(int(seed) * 1_000_003 + int(view) * 10_007 + shard)
         parts: list[np.ndarray] = []

@@ -121,7 +121,8 @@ class _ImageOpener:
             try:
                 from ..data import load_source
 
-                self.dataset = load_source(self.data.run.get("source", ""))
+                self.dataset = load_source(self.data.run.get("source", ""),
+                                           data_root=(self.data.run.get("config") or {}).get("data_root"))
             except Exception as err:  # no thumbnails for this source: the report says so
                 _logger.info("report: cannot reopen the source for thumbnails: %s", err)
                 self._failed = True
@@ -178,7 +179,7 @@ def features_for_run(data: RunData, device: str = "cpu", progress: bool = False)
     if not source:
         return None
     try:
-        dataset = load_source(source)
+        dataset = load_source(source, data_root=(data.run.get("config") or {}).get("data_root"))
         if isinstance(dataset, EmbeddingDataset):
             feats = np.asarray(dataset.features, dtype=np.float32)
             return feats[data.clusters >= 0] if len(feats) == len(data.clusters) else None
@@ -187,7 +188,8 @@ def features_for_run(data: RunData, device: str = "cpu", progress: bool = False)
         clusterer = ImageClusterer.load(data.run_dir)
         clusterer.progress = progress
         clusterer.device_ = resolve_device(device)
-        feats, valid, _ = clusterer._encode(source)
+        # the dataset object just opened (same items, same fingerprint, so the feature cache is hit)
+        feats, valid, _ = clusterer._encode(dataset)
     except ImgclustError as err:
         _logger.warning("report: no 2-D map (%s)", err.message)
         return None
@@ -311,8 +313,8 @@ def build_report_html(data: RunData, figures: dict[str, bytes], thumbs: dict[int
         parts.append(_figure_html(_png_uri(figures["cluster_sizes"]), "cluster sizes"))
     parts.append("</div>")
     overview = [("images clustered", int(valid.sum())), ("clusters", k),
-                ("skipped (unreadable)", int((~valid).sum())), ("smallest / largest cluster",
-                                                                f"{sizes.min() if k else 0} / {sizes.max() if k else 0}"),
+                ("skipped (unreadable)", int((~valid).sum())),
+                ("smallest / largest cluster", f"{sizes.min() if k else 0} / {sizes.max() if k else 0}"),
                 ("mean confidence", float(np.nanmean(data.confidence[valid])) if valid.any() else None)]
     if data.k_selection:
         overview.append(("K", f"estimated: {data.k_selection['k']} ({data.k_selection['criterion']})"))
@@ -393,19 +395,16 @@ def _pick_rows(data: RunData, n_central: int, n_uncertain: int) -> dict[int, tup
             picked[c] = (members, members)
             continue
         dist = np.nan_to_num(data.distance[members], nan=np.inf)
-        conf = np.nan_to_num(data.confidence[members], nan=np.inf)
         central = members[np.argsort(dist, kind="stable")[:n_central]]
         rest = np.setdiff1d(members, central)  # an image is shown once per cluster
         order = np.argsort(np.nan_to_num(data.confidence[rest], nan=np.inf), kind="stable")
-        uncertain = rest[order[:n_uncertain]] if rest.size else rest
-        del conf
-        picked[c] = (central, uncertain)
+        picked[c] = (central, rest[order[:n_uncertain]])
     return picked
 
 
 def write_report(run_dir: str | os.PathLike, *, features: np.ndarray | None = None, dataset: Any = None,
                  plots: bool = False, progress: bool = True, map_method: str = "auto", seed: int = 0,
-                 n_central: int = 12, n_uncertain: int = 8, device: str = "cpu") -> dict[str, Path]:
+                 n_central: int = 10, n_uncertain: int = 10, device: str = "cpu") -> dict[str, Path]:
     """Write ``report.html`` (and, with ``plots``, the figures as PNG files in ``plots/``) into ``run_dir``.
 
     Args:
@@ -439,6 +438,8 @@ def write_report(run_dir: str | os.PathLike, *, features: np.ndarray | None = No
     if k:
         figures["cluster_sizes"] = P.png_bytes(P.cluster_sizes_figure(sizes.tolist(), mean_conf))
     map_note = ""
+    if features is not None and (np.ndim(features) != 2 or np.shape(features)[1] == 0):
+        features = None  # e.g. a method trained on pixels: the map uses the backbone's features instead
     if features is None and valid.any():
         features = features_for_run(data, device=device, progress=progress)
     if features is not None and len(features) == int(valid.sum()) and valid.any():
@@ -476,11 +477,10 @@ def write_report(run_dir: str | os.PathLike, *, features: np.ndarray | None = No
     paths = {"report": data.run_dir / REPORT_NAME}
     write_text(paths["report"], build_report_html(data, figures, thumbs, picked, map_note))
     if plots:
+        from .._io import atomic_path
+
         for name, png in figures.items():
             path = data.run_dir / PLOTS_DIR / f"{name}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            from .._io import atomic_path
-
             with atomic_path(path) as tmp:
                 tmp.write_bytes(png)
             paths[f"plots/{name}"] = path

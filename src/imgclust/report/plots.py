@@ -17,8 +17,9 @@ import numpy as np
 
 _logger = logging.getLogger(__name__)
 
-#: Points drawn on the 2-D map at most (a fixed random subsample beyond that keeps t-SNE/UMAP to seconds).
-MAX_MAP_POINTS = 5000
+#: Points placed on the 2-D map at most (a fixed random subsample beyond that): t-SNE of 3,000 points takes
+#: ~15-35 s on a 2-core CPU.
+MAX_MAP_POINTS = 3000
 MAP_METHODS = ("auto", "tsne", "umap", "pca")
 
 
@@ -73,6 +74,17 @@ def embedding_2d(features: np.ndarray, method: str = "auto", max_points: int = M
     or UMAP (``"umap"``, umap-learn, cosine). ``"auto"`` = t-SNE (no extra dependency, no JIT warm-up).
     At most ``max_points`` rows (a fixed random subsample) are placed.
     """
+    from ..kselect import single_threaded
+
+    if method not in MAP_METHODS:
+        raise ValueError(f"unknown map method {method!r}; choose one of {MAP_METHODS}")
+    # One thread: t-SNE's Barnes-Hut loop is 1,000 short OpenMP sections, which on a busy CPU spend far more
+    # time waiting for each other than computing (measured: 23 s → well under 1 s for a few hundred points).
+    with single_threaded():
+        return _embedding_2d(features, method, max_points, seed)
+
+
+def _embedding_2d(features: np.ndarray, method: str, max_points: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
     from sklearn.decomposition import PCA
 
     from ..neighbors import normalize_features
@@ -95,7 +107,7 @@ def embedding_2d(features: np.ndarray, method: str = "auto", max_points: int = M
     if method == "umap":
         import umap
 
-        xy = umap.UMAP(n_components=2, metric="cosine", random_state=seed, n_neighbors=min(15, n - 1)
+        xy = umap.UMAP(n_components=2, metric="cosine", random_state=seed, n_neighbors=min(15, n - 1), n_jobs=1
                        ).fit_transform(reduced)
         return rows, np.asarray(xy, dtype=np.float32), "umap"
     from sklearn.manifold import TSNE
@@ -109,7 +121,7 @@ def embedding_2d(features: np.ndarray, method: str = "auto", max_points: int = M
 
 def embedding_map_figure(xy: np.ndarray, clusters: np.ndarray, n_clusters: int, method: str = "") -> Any:
     """Scatter of the 2-D map coloured by cluster, each cluster's number written at its median point."""
-    fig = _new_figure(7.5, 6.5)
+    fig = _new_figure(6.0, 5.2)
     ax = fig.add_subplot()
     colors = cluster_colors(n_clusters)
     size = float(np.clip(3000 / max(len(xy), 1), 2, 30))
@@ -122,14 +134,15 @@ def embedding_map_figure(xy: np.ndarray, clusters: np.ndarray, n_clusters: int, 
                     bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": colors[c], "alpha": 0.85})
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(f"{len(xy)} images, 2-D map ({method.upper() or 'none'} of the features), coloured by cluster")
+    shown = {"tsne": "t-SNE", "umap": "UMAP", "pca": "PCA"}.get(method, method or "none")
+    ax.set_title(f"{len(xy)} images: 2-D map ({shown} of the features), coloured by cluster", fontsize=10)
     return fig
 
 
 def cluster_sizes_figure(sizes: Sequence[int], mean_confidence: Sequence[float] | None = None) -> Any:
     """Bars of the cluster sizes (confidence written on each bar when given)."""
     k = len(sizes)
-    fig = _new_figure(max(5.0, min(14.0, 0.45 * k + 2)), 3.6)
+    fig = _new_figure(max(4.5, min(14.0, 0.45 * k + 2)), 3.6)
     ax = fig.add_subplot()
     bars = ax.bar(np.arange(k), sizes, color=cluster_colors(k))
     ax.set_xticks(np.arange(k))
@@ -160,7 +173,7 @@ def confusion_figure(confusion: Sequence[Sequence[int]], class_names: Sequence[s
     ax.set_yticklabels([n[:24] for n in names], fontsize=8)
     ax.set_xlabel("cluster")
     ax.set_ylabel("true class")
-    ax.set_title("confusion matrix (rows: classes, columns: clusters)")
+    ax.set_title("confusion matrix", fontsize=11)
     if c * k <= 400:
         top = counts.max() or 1
         for i in range(c):
@@ -182,6 +195,9 @@ def k_selection_figure(selection: dict[str, Any]) -> Any:
     ax.axvline(chosen, color="#d62728", linestyle="--", linewidth=1)
     ax.annotate(f"K = {chosen}", (chosen, np.nanmax(scores)), textcoords="offset points", xytext=(6, -12),
                 color="#d62728", fontweight="bold")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("K (number of clusters)")
     ax.set_ylabel(f"{selection['criterion']} (higher is better)")
     ax.set_title(f"choosing K: {selection['criterion']} over K = {ks[0]}..{ks[-1]}")

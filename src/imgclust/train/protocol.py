@@ -33,32 +33,41 @@ The pieces
     ``load(indices, generator)`` (inputs of extra samples, e.g. neighbours), ``embed(fn)`` (``fn`` over all
     clean inputs, batched, eval mode, no grad), ``log(**scalars)`` (extra numbers for this epoch's JSON line).
 
-:class:`TrainableMethod` (the protocol) and :class:`MethodBase` (no-op defaults)
+:class:`TrainableMethod` (the protocol) and :class:`MethodBase` (no-op defaults for the optional hooks)
     The order of calls in :func:`~imgclust.train.loop.fit`::
 
-        model = method.build_model(inputs.spec())            # global RNG seeded first
-        groups = method.param_groups(model, config)          # -> optimiser (+ per-group "lr_scale",
-                                                             #    "fixed_lr": no schedule for that group)
-        [resume: model/optimiser/scheduler/scaler/method.load_state_dict(...)/RNG states restored]
+        model = method.build_model(inputs.spec())            # global RNGs seeded from config.seed first
+        groups = method.param_groups(model, config)          # -> optimiser; a group may carry "lr_scale"
+                                                             #    (x base lr), "weight_decay", "fixed_lr"
+                                                             #    (True: never scheduled), "name"
+        [resume: model, optimiser, scheduler, scaler, method.load_state_dict(...), RNG states restored]
         for epoch in range(start, config.epochs):
+            model.eval();  method.on_epoch_start(model, epoch, ctx)   # re-mine neighbours, snapshot centres
             model.train()
-            method.on_epoch_start(model, epoch, ctx)         # re-mine neighbours, snapshot centres...
             for step, indices in enumerate(sampler.batches(epoch)):
-                batch = Batch(indices, views=<method.n_views views>, ...)
+                batch = Batch(indices, views=<method.n_views views>, generator=<seeded (seed, epoch, step)>)
                 with ctx.autocast():
-                    out = method.training_step(model, batch, ctx)  # {"loss": scalar, other parts...}
-                out["loss"].backward(); clip; optimiser.step(); scheduler.step()
+                    out = method.training_step(model, batch, ctx)    # {"loss": scalar, other scalars...}
+                out["loss"].backward(); [clip]; optimiser.step(); scheduler.step()
                 method.on_step_end(model, batch, ctx)        # e.g. re-normalise centres, update duals
-            extra = method.on_epoch_end(model, epoch, ctx)   # dict of numbers for the log, or None
-            model.eval(); score = method.selection_score(model, inputs, ctx)  # label-free, lower = better
-            [labels known: predict(...) -> acc/nmi/ari in the log line]
+            model.eval();  extra = method.on_epoch_end(model, epoch, ctx)   # numbers for the log, or None
+            every eval_every epochs and at the last:
+                score = method.selection_score(model, inputs, ctx)    # label-free, lower = better
+                labels, confidence = method.predict(model, inputs, ctx)  # cluster sizes (+ ACC with labels)
             one JSON line -> train_log.jsonl; checkpoint -> checkpoints/last.pt (+ best.pt on a new best)
 
-    ``training_step`` gets the model as the loop holds it (wrapped in DistributedDataParallel under
-    ``torchrun``): call ``model(x)`` for every forward pass that needs gradients and :func:`unwrap` for
-    attributes (centres, buffers). Everything a method keeps between steps (neighbours, assignment
-    memory, dual variables, centre snapshots) must come back from ``state_dict()`` as plain tensors /
-    numbers / lists / dicts, so that a resumed run continues exactly.
+    Rules for a method:
+
+    * ``training_step`` gets the model as the loop holds it (wrapped in DistributedDataParallel under
+      ``torchrun``): call ``model(x)`` for every forward pass that needs gradients and :func:`unwrap` for
+      attributes (centres, buffers). It runs under ``ctx.autocast()``: compute losses in float32.
+    * Draw randomness from ``batch.generator`` (not the global RNGs), so a step depends only on
+      (seed, epoch, step) and the state.
+    * Everything kept between steps (neighbours, assignment memory, dual variables, counters) must come
+      back from ``state_dict()`` as tensors / numbers / strings / lists / dicts (checkpoints load with
+      ``weights_only=True``). A resume restarts at an epoch boundary and calls ``on_epoch_start`` for that
+      epoch again on the restored weights, so per-epoch snapshots taken there need not be saved.
+    * Labels (``inputs.labels``) are for ``ctx.log`` only; ``selection_score`` must never read them.
 """
 
 from __future__ import annotations

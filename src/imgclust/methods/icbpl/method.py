@@ -50,6 +50,8 @@ class ICBPLConfig:
         pedcc_method: ``"auto"`` / ``"simplex"`` / ``"repulsion"`` (see :func:`.pedcc.pedcc`).
         pedcc_seed: seed of the PEDCC construction.
         w_mmd, w_aug, w_knn, w_min: loss weights (0 switches a term off: the ablation switches).
+        min_warmup_epochs: ramp ``w_min`` linearly from 0 over this many epochs (per step), so the MMD can
+            spread the latents over all centroids before they are pulled onto the nearest one.
         n_neighbors: k of the mined neighbour lists (one is sampled per anchor and step).
         remine_every: re-mine the neighbours on the current latents every R epochs (0 = never: keep the
             backbone-feature neighbours).
@@ -65,10 +67,11 @@ class ICBPLConfig:
     temperature: float = 0.1
     pedcc_method: str = "auto"
     pedcc_seed: int = 0
-    w_mmd: float = 1.0
+    w_mmd: float = 4.0
     w_aug: float = 1.0
     w_knn: float = 1.0
-    w_min: float = 0.5
+    w_min: float = 0.25
+    min_warmup_epochs: float = 0.0
     n_neighbors: int = 20
     remine_every: int = 0
     neighbor_gradient: bool = False
@@ -86,7 +89,7 @@ class ICBPLConfig:
             problems.append(f"temperature must be > 0, got {self.temperature}")
         if self.pedcc_method not in ("auto", "simplex", "repulsion"):
             problems.append(f"pedcc_method must be auto, simplex or repulsion, got {self.pedcc_method!r}")
-        for name in ("w_mmd", "w_aug", "w_knn", "w_min", "encoder_lr_scale"):
+        for name in ("w_mmd", "w_aug", "w_knn", "w_min", "min_warmup_epochs", "encoder_lr_scale"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.w_mmd + self.w_aug + self.w_knn + self.w_min <= 0:
@@ -216,9 +219,16 @@ class ICBPL(MethodBase):
             loss = loss + cfg.w_knn * out["knn"]
         if cfg.w_min > 0:
             out["min"] = 0.5 * (min_centroid_distance_loss(z1, centroids) + min_centroid_distance_loss(z2, centroids))
-            loss = loss + cfg.w_min * out["min"]
+            loss = loss + self.min_weight(batch.global_step, getattr(ctx, "steps_per_epoch", 1)) * out["min"]
         out["loss"] = loss
         return out
+
+    def min_weight(self, global_step: int, steps_per_epoch: int) -> float:
+        """``w_min`` after the linear warm-up of ``min_warmup_epochs`` (a function of the step only)."""
+        warmup = self.config.min_warmup_epochs * max(1, steps_per_epoch)
+        if warmup <= 0:
+            return self.config.w_min
+        return self.config.w_min * min(1.0, (global_step + 1) / warmup)
 
     # -- evaluation (label-free) ---------------------------------------------------------------------------
     def _latents(self, model: nn.Module, ctx: Any) -> torch.Tensor:

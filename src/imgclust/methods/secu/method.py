@@ -170,6 +170,13 @@ def secu_views(min_crop: float = 0.3, size: int | None = None) -> list[SeCuAugme
             SeCuAugment("simclr", blur_p=0.1, solarize_p=0.2, **common)]
 
 
+class L2Normalize(nn.Module):
+    """Rows scaled to unit length (head mode: backbone features enter the projector L2-normalised)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x.float(), dim=1)
+
+
 class Normalize(nn.Module):
     """``(x − mean) / std`` per channel for float images in [0, 1] (uint8 inputs are scaled first)."""
 
@@ -299,7 +306,6 @@ class SeCu(MethodBase):
         self._input_transform = input_transform
         self.state: SeCuState | None = None
         self.snapshot: list[torch.Tensor] | None = None
-        self._epoch = 0
         self._memo: tuple[Any, torch.Tensor] | None = None
 
     # -- model and optimiser -------------------------------------------------------------------------------
@@ -337,7 +343,6 @@ class SeCu(MethodBase):
         assert self.state is not None, "build_model creates the state"
         self.state.to(ctx.device)
         self.snapshot = [c.to(ctx.device) for c in unwrap(model).snapshot()]
-        self._epoch = int(epoch)
 
     def training_step(self, model: nn.Module, batch: Batch, ctx: Any) -> dict[str, torch.Tensor]:
         cfg, state = self.config, self.state
@@ -346,21 +351,26 @@ class SeCu(MethodBase):
         z_a, z_b = model(batch.views[0], batch.views[1])
         centres = unwrap(model).normalized_centres()
         local_ids = batch.indices.to(torch.long)
-        global_ids = dist.all_gather(local_ids)
+        # 1. assign the local batch in every head (heads are independent; state untouched so far)
+        with torch.no_grad():
+            previous, labels = [], []
+            for h, c in enumerate(centres):
+                previous.append(state.previous_labels(h, local_ids).to(z_a.device))
+                labels.append(state.assign(h, mean_similarity(z_a, z_b, c), local_ids, first_epoch))
+            # 2. one gather of (ids, labels of every head) for the global batch, in rank order
+            gathered = dist.all_gather(torch.stack([local_ids.to(z_a.device)] + labels, dim=1))
+            for h in range(len(centres)):
+                state.commit(h, gathered[:, h + 1], gathered[:, 0], first_epoch)
+                if first_epoch:  # the representation target uses the fresh label in the first epoch
+                    previous[h] = state.previous_labels(h, local_ids).to(z_a.device)
+                # an instance never assigned before (e.g. dropped from the first epoch) uses its fresh label
+                previous[h] = torch.where(previous[h] >= 0, previous[h], labels[h])
+        # 3. losses on the local batch
         loss_c = z_a.new_zeros((), dtype=torch.float32)
         loss_x = z_a.new_zeros((), dtype=torch.float32)
         for h, c in enumerate(centres):
-            similarity = mean_similarity(z_a, z_b, c)
-            with torch.no_grad():
-                previous = state.previous_labels(h, local_ids).to(similarity.device)
-                labels = state.assign(h, similarity, local_ids, first_epoch)
-                state.commit(h, dist.all_gather(labels), global_ids, first_epoch)
-                if first_epoch:
-                    previous = state.previous_labels(h, local_ids).to(similarity.device)
-                # an instance never assigned before (e.g. dropped from the first epoch) uses its fresh label
-                previous = torch.where(previous >= 0, previous, labels)
-            loss_c = loss_c + centre_loss(z_a, z_b, c, labels, cfg.centre_temperature)
-            loss_x = loss_x + representation_loss(z_a, z_b, self.snapshot[h], previous, cfg.rep_temperature,
+            loss_c = loss_c + centre_loss(z_a, z_b, c, labels[h], cfg.centre_temperature)
+            loss_x = loss_x + representation_loss(z_a, z_b, self.snapshot[h], previous[h], cfg.rep_temperature,
                                                   cfg.label_mix)
         n_terms = 2.0 * len(centres)
         loss_c, loss_x = loss_c / n_terms, loss_x / n_terms
@@ -452,7 +462,7 @@ class SeCuClusterModel(ClusterModel):
 
     def __init__(self, net: SeCuModel, config: SeCuConfig, in_dim: int, encoder: str = "backbone",
                  backbone: str | None = None, trainable_blocks: int = 0, image_size: int | None = None,
-                 normalization: str | None = None):
+                 normalization: str | None = None, normalize_inputs: bool = False):
         if isinstance(net.encoder, SplitEncoder) and net.encoder.trunk is not None:
             net.encoder = SplitEncoder(None, net.encoder.tail)   # prediction consumes trunk activations
         self.net = net.cpu().eval()
@@ -463,6 +473,7 @@ class SeCuClusterModel(ClusterModel):
         self.trainable_blocks = int(trainable_blocks)
         self.image_size = image_size
         self.normalization = normalization
+        self.normalize_inputs = bool(normalize_inputs)
         if encoder in RESNETS:
             self.input_encoder = f"pixels-{int(image_size or ENCODERS[encoder][0])}"
         else:
@@ -506,7 +517,8 @@ class SeCuClusterModel(ClusterModel):
     def config(self) -> dict[str, Any]:
         return {"secu": dataclasses.asdict(self.secu_config), "in_dim": self.in_dim, "encoder": self.encoder,
                 "backbone": self.backbone, "trainable_blocks": self.trainable_blocks,
-                "image_size": self.image_size, "normalization": self.normalization}
+                "image_size": self.image_size, "normalization": self.normalization,
+                "normalize_inputs": self.normalize_inputs}
 
     @classmethod
     def from_state(cls, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> "SeCuClusterModel":
@@ -524,6 +536,8 @@ class SeCuClusterModel(ClusterModel):
 
             _, tail = create_backbone(config["backbone"]).split(blocks)
             encoder = SplitEncoder(None, tail)
+        elif config.get("normalize_inputs"):
+            transform = L2Normalize()
         net = build_secu_net(secu_config, int(config["in_dim"]), encoder, transform)
         missing, unexpected = net.load_state_dict(dict(tensors), strict=False)
         missing = [k for k in missing if not k.startswith("encoder.trunk.")]
@@ -532,7 +546,7 @@ class SeCuClusterModel(ClusterModel):
                                 f"unexpected {unexpected[:5]})",
                                 "re-run the clustering; the model files were modified or mixed up")
         return cls(net, secu_config, int(config["in_dim"]), encoder_name, config.get("backbone"), blocks,
-                   config.get("image_size"), config.get("normalization"))
+                   config.get("image_size"), config.get("normalization"), bool(config.get("normalize_inputs")))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -547,6 +561,7 @@ _DATA_OPTIONS: dict[str, Any] = {
     "min_crop": 0.3,           # RandomResizedCrop lower scale [--min-crop]
     "image_size": None,        # from-scratch ResNets: side of the decoded images (default 32 / 96)
     "normalization": None,     # from-scratch ResNets: "cifar10" | "cifar100" | "imagenet" (default per encoder)
+    "normalize_inputs": True,  # head mode: L2-normalise the backbone features before the projector
     "on_the_fly": None,        # images form for backbone fine-tuning (default: on CUDA)
     "cache_dtype": "float32",
 }
@@ -630,7 +645,8 @@ def build_inputs(context: FitContext, opts: _Options) -> tuple[TrainInputs, nn.M
             raise ImgclustError("fine-tuning (trainable_blocks > 0) needs images, but the input is embeddings",
                                 "use trainable_blocks=0 with embeddings")
         _logger.warning("SeCu on embeddings: no augmented views exist, both views are the embedding itself")
-        return TrainInputs.from_features(features, labels=context.labels), None, None
+        transform = L2Normalize() if data["normalize_inputs"] else None
+        return TrainInputs.from_features(features, labels=context.labels), None, transform
     n_views = int(data["n_views"])
     inputs = prepare_inputs(context.dataset, context.backbone, n_trainable_blocks=blocks, n_views=n_views,
                             augment=secu_views(float(data["min_crop"])), device=context.device,
@@ -640,7 +656,8 @@ def build_inputs(context: FitContext, opts: _Options) -> tuple[TrainInputs, nn.M
                             cache_dtype=str(data["cache_dtype"]), progress=context.progress)
     if inputs.mode == "cached":
         inputs.view_groups = _view_groups(n_views)
-    return inputs, None, None
+    transform = L2Normalize() if blocks == 0 and data["normalize_inputs"] else None
+    return inputs, None, transform
 
 
 def fit_secu(context: FitContext) -> FitResult:
@@ -649,12 +666,17 @@ def fit_secu(context: FitContext) -> FitResult:
     Options (``--set KEY=VALUE``): every :class:`SeCuConfig` field, every
     :class:`~imgclust.train.loop.TrainConfig` field (defaults: the authors' SGD, lr 0.2, momentum 0.9,
     wd 1e-4, batch 128, 11 warm-up epochs, cosine), and ``encoder``, ``trainable_blocks``, ``n_views``,
-    ``min_crop``, ``image_size``, ``normalization``, ``on_the_fly``, ``cache_dtype``.
+    ``min_crop``, ``image_size``, ``normalization``, ``normalize_inputs``, ``on_the_fly``, ``cache_dtype``.
     """
     from ...train.loop import fit
 
     opts = _split_options(dict(context.options), context.n_clusters, context.seed)
     inputs, encoder, transform = build_inputs(context, opts)
+    rest = len(inputs) % opts.train.batch_size
+    if not opts.train.drop_last and len(inputs) > opts.train.batch_size and 0 < rest < 2 * dist.world_size():
+        # batch norm cannot train on a 1-row batch (per process): drop that last step of each epoch
+        _logger.info("SeCu: the last batch of each epoch would hold %d sample(s); dropping it", rest)
+        opts.train = dataclasses.replace(opts.train, drop_last=True)
     method = SeCu(opts.secu, encoder=encoder, input_transform=transform)
     result = fit(method, inputs, opts.train, device=context.device, run_dir=context.run_dir, resume=context.resume)
     net: SeCuModel = result.model  # type: ignore[assignment]
@@ -663,7 +685,7 @@ def fit_secu(context: FitContext) -> FitResult:
                              getattr(context.backbone, "name", None), int(opts.data["trainable_blocks"]),
                              opts.data["image_size"] or (ENCODERS[encoder_name][0] if encoder_name in RESNETS
                                                          else None),
-                             opts.data["normalization"])
+                             opts.data["normalization"], transform is not None and encoder_name not in RESNETS)
     labels, confidence, distance = _assign_clean(net, inputs, torch.device(context.device), opts.secu,
                                                  opts.train.eval_batch_size)
     assert method.state is not None

@@ -1,0 +1,73 @@
+"""imgclust predict: a saved run assigns new images; the training images get their training clusters back."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+
+from imgclust import ImageClusterer
+from imgclust.cli import main
+
+pytestmark = pytest.mark.shared_data
+
+
+def _read(path: Path) -> dict[str, int]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return {row["path"]: int(row["cluster"]) for row in csv.DictReader(fh)}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, cifar10_dir: Path) -> tuple[Path, Path, Path]:
+    """(flat folder of 30 CIFAR-10 test images of 3 classes, its run folder with -k 3, feature cache)."""
+    root = tmp_path_factory.mktemp("predict")
+    photos = root / "photos"
+    photos.mkdir()
+    for name in ("cat", "ship", "truck"):
+        for p in sorted((cifar10_dir / "test" / name).glob("*.jpg"))[:10]:
+            shutil.copy(p, photos / f"{name} {p.name}")
+    (photos / "broken.jpg").write_bytes(b"not an image")
+    out, cache = root / "run", root / "cache"
+    assert main(["cluster", str(photos), "-k", "3", "--out", str(out), "--cache-dir", str(cache), "-q",
+                 "--no-report"]) == 0
+    return photos, out, cache
+
+
+def test_training_images_get_their_training_clusters(run: tuple[Path, Path, Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    photos, out, _ = run
+    capsys.readouterr()
+    assert main(["predict", str(out), str(photos), "--out", str(tmp_path / "p.csv"), "-q"]) == 0
+    assert "written 31 rows" in capsys.readouterr().out
+    trained, predicted = _read(out / "assignments.csv"), _read(tmp_path / "p.csv")
+    assert predicted == trained  # same paths, same clusters (-1 for the broken file in both)
+    assert trained[str(photos / "broken.jpg")] == -1 and len(set(trained.values()) - {-1}) == 3
+
+
+def test_api_round_trip(run: tuple[Path, Path, Path]) -> None:
+    photos, out, _ = run
+    trained = _read(out / "assignments.csv")
+    loaded = ImageClusterer.load(out)
+    files = sorted(str(p) for p in photos.glob("*.jpg") if p.name != "broken.jpg")
+    assert loaded.predict(files).tolist() == [trained[f] for f in files]
+
+
+def test_new_images_printed(run: tuple[Path, Path, Path], cifar10_dir: Path, capsys: pytest.CaptureFixture
+                            ) -> None:
+    _, out, _ = run
+    new = [str(p) for name in ("cat", "ship") for p in sorted((cifar10_dir / "test" / name).glob("*.jpg"))[50:52]]
+    capsys.readouterr()
+    assert main(["predict", str(out), *new]) == 0
+    text = capsys.readouterr().out
+    assert all(Path(p).name in text for p in new) and text.count("cluster ") >= 4 and "per cluster:" in text
+
+
+def test_readable_errors(run: tuple[Path, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    photos, out, _ = run
+    assert main(["predict", str(tmp_path), str(photos)]) == 2
+    err = capsys.readouterr().err
+    assert "no saved model" in err and "fix:" in err
+    assert main(["predict", str(out), str(tmp_path / "missing.jpg")]) == 2
+    assert "does not exist" in capsys.readouterr().err
