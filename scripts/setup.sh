@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv and installs imgclust with its test and plotting extras, once (again when pyproject.toml changes).
+# Usage: bash scripts/setup.sh [--browser]
 # Everything comes from the package registries; torch/torchvision are the releases pip may take on this machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,9 +16,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-# Headless Chromium for the report's browser test (tests/test_report_html.py). Installed only when missing and
-# only as root; otherwise that test skips with a reason (and fails under CI=true, so CI cannot skip it silently).
-if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+# With --browser (the test command): headless Chromium for the report's browser test
+# (tests/test_report_html.py). Installed only when missing and only as root; otherwise that test skips with a
+# reason (and fails under CI=true, so CI cannot skip it silently).
+if [ "${1:-}" = "--browser" ] && ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "imgclust: installing chromium (headless browser for the report test)..." >&2
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
