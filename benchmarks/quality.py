@@ -155,7 +155,7 @@ def main() -> None:
 
 def _features(clusterer: ImageClusterer, dataset: PathListDataset) -> np.ndarray:
     """Clean backbone features of every row (from the cache filled above)."""
-    features, valid, _ = clusterer._encode(dataset)
+    features, valid, _ = clusterer.encode(dataset)
     if len(valid) != len(dataset):
         raise SystemExit(f"{len(dataset) - len(valid)} CIFAR-10 images failed to decode")
     return np.asarray(features)

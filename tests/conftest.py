@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("IMGCLUST_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -56,3 +57,21 @@ def cifar10_small_folder(tmp_path: Path, cifar10_dir: Path) -> Path:
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.write_bytes(p.read_bytes())
     return root
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread (torch and faiss) for tests on tiny tensors: fastest, and immune to a busy machine
+    (with 2 threads, OpenMP spin-waits make tiny ops 10-50x slower when the cores are shared)."""
+    from imgclust.neighbors import load_faiss
+
+    threads = torch.get_num_threads()
+    faiss = load_faiss()
+    faiss_threads = faiss.omp_get_max_threads() if faiss is not None else None
+    torch.set_num_threads(1)
+    if faiss is not None:
+        faiss.omp_set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    if faiss is not None:
+        faiss.omp_set_num_threads(faiss_threads)

@@ -22,13 +22,7 @@ from imgclust.train import TrainConfig, TrainInputs, fit
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread avoids thread spinning on a busy 2-core machine (~10× faster)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def blobs(n: int = 800, k: int = 4, dim: int = 16, seed: int = 0

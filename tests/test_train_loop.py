@@ -29,25 +29,7 @@ from imgclust.train import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run on tiny tensors: one intra-op thread is fastest, and immune to a busy machine
-    (with 2 threads, OpenMP spin-waits make tiny ops 10-50x slower when the cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        from imgclust.neighbors import load_faiss
-
-        faiss = load_faiss()
-    except ImportError:  # pragma: no cover
-        faiss = None
-    faiss_threads = faiss.omp_get_max_threads() if faiss is not None else None
-    if faiss is not None:
-        faiss.omp_set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    if faiss is not None:
-        faiss.omp_set_num_threads(faiss_threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def blobs(k: int = 3, per: int = 40, dim: int = 16, n_views: int = 2, seed: int = 0

@@ -159,6 +159,33 @@ def _version() -> str:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
+    from . import distributed
+
+    # Under torchrun every rank trains; only rank 0 owns (locks and writes) the run folder.
+    distributed.init_from_env()
+    if not distributed.is_main_process():
+        return _cluster_worker_rank(args)
+    return _cluster_main(args)
+
+
+def _cluster_worker_rank(args: argparse.Namespace) -> int:
+    """A non-zero torchrun rank: the same fit on its share of every batch; rank 0 writes all files."""
+    from . import ImageClusterer
+
+    if args.n_clusters is None:
+        raise ImgclustError("estimating K is not supported under torchrun", "pass -k when launching with torchrun")
+    if args.data_root:
+        os.environ["IMGCLUST_DATA"] = args.data_root
+    out = args.out or _default_out(args.source, args.method, args.n_clusters)
+    ImageClusterer(
+        n_clusters=args.n_clusters, method=args.method, backbone=args.backbone, weights=args.weights,
+        device=args.device, batch_size=args.batch_size, num_workers=args.workers, cache_dir=args.cache_dir,
+        random_state=args.seed, method_options=_method_options(args.options), run_dir=str(out),
+        resume=args.resume, progress=False).fit(os.path.expanduser(args.source))
+    return 0
+
+
+def _cluster_main(args: argparse.Namespace) -> int:
     from . import ImageClusterer
     from ._io import RunLock
     from .report import write_run_outputs

@@ -99,9 +99,13 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
             self.backbone_ = create_backbone(self.backbone, weights=self.weights)
         return self.backbone_
 
-    def _encode(self, source: Any, encoder: str = "backbone", labels: Any = None
+    def encode(self, source: Any, encoder: str = "backbone", labels: Any = None
                 ) -> tuple[np.ndarray, np.ndarray, Any]:
-        """(features of decodable rows, their row indices, the dataset) for any accepted source."""
+        """Encode any accepted source: (inputs of the decodable rows, their row indices, the dataset).
+
+        ``encoder`` is ``"backbone"`` (clean backbone features, cached), ``"trunk-N"`` (activations in front
+        of the last N backbone blocks) or ``"pixels-S"`` (the images as uint8 (N,3,S,S)).
+        """
         dataset = load_source(source, labels=labels)
         if isinstance(dataset, EmbeddingDataset):
             return np.asarray(dataset.features, dtype=np.float32), np.arange(len(dataset)), dataset
@@ -149,7 +153,7 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         self.device_ = resolve_device(self.device)
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        features, valid, dataset = self._encode(X, labels=y)
+        features, valid, dataset = self.encode(X, labels=y)
         timings["features"] = time.perf_counter() - started
         n_total = len(dataset)
         if len(valid) < self.n_clusters:
@@ -201,7 +205,7 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         """Assignment of every row of ``X`` (label -1 for undecodable rows), their ids, and the skipped."""
         self._check_fitted()
         self.device_ = resolve_device(self.device)
-        inputs, valid, dataset = self._encode(X, encoder=self.model_.input_encoder)
+        inputs, valid, dataset = self.encode(X, encoder=self.model_.input_encoder)
         assignment = self.model_.assign(inputs, device=self.device_)
         labels, confidence, distance = _scatter(assignment, valid, len(dataset))
         return Assignment(labels, confidence, distance), list(dataset.items), self._skipped(dataset)

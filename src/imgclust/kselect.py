@@ -392,7 +392,7 @@ def select_k_for_source(clusterer: Any, source: Any, k_range: Any = None, criter
     from .estimator import resolve_device
 
     clusterer.device_ = resolve_device(clusterer.device)
-    features, _, dataset = clusterer._encode(source)
+    features, _, dataset = clusterer.encode(source)
     selection = estimate_k(features, k_range=k_range, criterion=criterion, seed=int(clusterer.random_state),
                            progress=progress)
     n_classes = None

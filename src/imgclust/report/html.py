@@ -189,7 +189,7 @@ def features_for_run(data: RunData, device: str = "cpu", progress: bool = False)
         clusterer.progress = progress
         clusterer.device_ = resolve_device(device)
         # the dataset object just opened (same items, same fingerprint, so the feature cache is hit)
-        feats, valid, _ = clusterer._encode(dataset)
+        feats, valid, _ = clusterer.encode(dataset)
     except ImgclustError as err:
         _logger.warning("report: no 2-D map (%s)", err.message)
         return None
