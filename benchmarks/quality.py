@@ -93,6 +93,7 @@ def main() -> None:
                         help="override an option of one row, e.g. icbpl-head.epochs=5")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default="quality", help="result file benchmarks/results/NAME.json")
     args = parser.parse_args()
 
     root = require_cifar10()
@@ -147,7 +148,7 @@ def main() -> None:
             r["fraction_of_probe"] = r["acc"] / probe_acc
     table = print_table(results, ["row", "acc", "nmi", "ari", "acc_minus_kmeans", "fraction_of_probe",
                                   "fit_seconds", "seconds"])
-    path = save_result("quality", {"train_images": len(train), "test_images": len(test),
+    path = save_result(args.name, {"train_images": len(train), "test_images": len(test),
                                    "backbone": base.backbone, "timings": timings, "rows": results,
                                    "table": table})
     print(f"wrote {path}")
