@@ -170,23 +170,26 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 def _cluster_worker_rank(args: argparse.Namespace) -> int:
     """A non-zero torchrun rank: the same fit on its share of every batch; rank 0 writes all files."""
-    from . import ImageClusterer
-
     if args.n_clusters is None:
         raise ImgclustError("estimating K is not supported under torchrun", "pass -k when launching with torchrun")
     if args.data_root:
         os.environ["IMGCLUST_DATA"] = args.data_root
     out = args.out or _default_out(args.source, args.method, args.n_clusters)
-    ImageClusterer(
-        n_clusters=args.n_clusters, method=args.method, backbone=args.backbone, weights=args.weights,
-        device=args.device, batch_size=args.batch_size, num_workers=args.workers, cache_dir=args.cache_dir,
-        random_state=args.seed, method_options=_method_options(args.options), run_dir=str(out),
-        resume=args.resume, progress=False).fit(os.path.expanduser(args.source))
+    _clusterer(args, out, progress=False).fit(os.path.expanduser(args.source))
     return 0
 
 
-def _cluster_main(args: argparse.Namespace) -> int:
+def _clusterer(args: argparse.Namespace, out: Path, progress: bool) -> Any:
     from . import ImageClusterer
+
+    return ImageClusterer(
+        n_clusters=args.n_clusters if args.n_clusters is not None else 2, method=args.method,
+        backbone=args.backbone, weights=args.weights, device=args.device, batch_size=args.batch_size,
+        num_workers=args.workers, cache_dir=args.cache_dir, random_state=args.seed,
+        method_options=_method_options(args.options), run_dir=str(out), resume=args.resume, progress=progress)
+
+
+def _cluster_main(args: argparse.Namespace) -> int:
     from ._io import RunLock
     from .report import write_run_outputs
 
@@ -200,12 +203,7 @@ def _cluster_main(args: argparse.Namespace) -> int:
     selection = None
     report_paths: dict[str, Path] = {}
     with RunLock(out):
-        clusterer = ImageClusterer(
-            n_clusters=args.n_clusters if args.n_clusters is not None else 2, method=args.method,
-            backbone=args.backbone, weights=args.weights,
-            device=args.device, batch_size=args.batch_size, num_workers=args.workers,
-            cache_dir=args.cache_dir, random_state=args.seed, method_options=_method_options(args.options),
-            run_dir=str(out), resume=args.resume, progress=progress)
+        clusterer = _clusterer(args, out, progress)
         source = os.path.expanduser(args.source)
         k_seconds = 0.0
         if args.n_clusters is None:

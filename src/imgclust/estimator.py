@@ -28,9 +28,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """``"auto"``/``None`` → the local CUDA device when there is one (per ``LOCAL_RANK`` under torchrun)."""
     if device is None or str(device) == "auto":
         if torch.cuda.is_available():
-            import os
-
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            return torch.device("cuda", distributed.local_rank())
         return torch.device("cpu")
     try:
         resolved = torch.device(device)
@@ -112,8 +110,10 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         from .features import decode_images, extract_features
 
         if encoder.startswith("pixels-"):  # models trained from scratch on the images themselves
-            images, valid, skipped = decode_images(dataset, int(encoder.split("-")[1]), self.num_workers,
-                                                   self.progress)
+            from .backbones.base import Preprocess
+
+            pixels = Preprocess(input_size=int(encoder.split("-")[1]), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+            images, valid, skipped = decode_images(dataset, pixels, self.num_workers, self.progress)
             self.last_feature_set_ = FeatureSet(np.zeros((len(valid), 0), np.float32), valid, skipped)
             return images.numpy(), valid, dataset
         backbone = self._backbone()

@@ -65,22 +65,22 @@ def iter_decoded(dataset: ImageDataset, rows: range, to_tensor: Callable[[Any], 
     yield from loader
 
 
-def decode_images(dataset: ImageDataset, size: int, num_workers: int | None = None, progress: bool = True
+def decode_images(dataset: ImageDataset, preprocess: Any, num_workers: int | None = None, progress: bool = True
                   ) -> tuple[torch.Tensor, np.ndarray, list[dict[str, Any]]]:
-    """All decodable images resized to ``size``² as one uint8 (N_valid, 3, S, S) tensor, in parallel workers.
+    """All decodable images, preprocessed by ``preprocess.to_uint8_tensor``, as one uint8 (N_valid, 3, S, S) tensor.
 
     Returns the tensor, the dataset rows it holds, and ``{"index", "item", "reason"}`` for the rest.
     """
-    from ..backbones.base import Preprocess
     from tqdm.auto import tqdm
 
-    to_tensor = Preprocess(input_size=size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)).to_uint8_tensor
+    size = int(preprocess.input_size)
     workers = default_num_workers() if num_workers is None else num_workers
     parts: list[torch.Tensor] = []
     valid: list[int] = []
     bad: list[dict[str, Any]] = []
     with tqdm(total=len(dataset), desc="decoding images", unit="img", disable=not progress, leave=False) as bar:
-        for indices, images, failures in iter_decoded(dataset, range(len(dataset)), to_tensor, 256, workers):
+        for indices, images, failures in iter_decoded(dataset, range(len(dataset)), preprocess.to_uint8_tensor,
+                                                      256, workers):
             bad += [{"index": i, "item": dataset.items[i], "reason": r} for i, r in failures]
             if images is not None:
                 parts.append(images)

@@ -74,7 +74,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
@@ -84,6 +83,7 @@ import torch
 import torch.nn as nn
 
 from ..augment import BatchAugment, derive_seed
+from ..errors import ImgclustError
 
 _logger = logging.getLogger(__name__)
 
@@ -605,24 +605,11 @@ def prepare_inputs(dataset: Any, backbone: Any, *, n_trainable_blocks: int = 0, 
 
 def decode_images(dataset: Any, preprocess: Any, num_workers: int | None = None, progress: bool = True
                   ) -> torch.Tensor:
-    """All images of ``dataset`` as one uint8 (N, 3, S, S) tensor, decoded in parallel workers."""
-    from torch.utils.data import DataLoader, Dataset
+    """All images of a training dataset as one uint8 (N, 3, S, S) tensor; every row must decode."""
+    from ..features import decode_images as decode_decodable
 
-    class _Rows(Dataset):
-        def __len__(self) -> int:
-            return len(dataset)
-
-        def __getitem__(self, i: int) -> torch.Tensor:
-            return preprocess.to_uint8_tensor(dataset.load(i))
-
-    size = int(preprocess.input_size)
-    out = torch.empty((len(dataset), 3, size, size), dtype=torch.uint8)
-    workers = max(1, min(8, (os.cpu_count() or 2) - 1)) if num_workers is None else num_workers
-    loader = DataLoader(_Rows(), batch_size=256, num_workers=workers, shuffle=False)
-    from tqdm.auto import tqdm
-
-    start = 0
-    for chunk in tqdm(loader, desc="decoding images", unit="batch", disable=not progress, leave=False):
-        out[start:start + len(chunk)] = chunk
-        start += len(chunk)
-    return out
+    images, _, bad = decode_decodable(dataset, preprocess, num_workers=num_workers, progress=progress)
+    if bad:
+        raise ImgclustError(f"{len(bad)} training image(s) could not be decoded, e.g. {bad[0]['item']}: "
+                            f"{bad[0]['reason']}", "train on the rows that decoded (the estimator does this)")
+    return images
