@@ -146,3 +146,33 @@ def test_killed_extraction_resumes_from_finished_shards(tmp_path: Path, cifar_pa
                                 num_workers=0, progress=False, shard_size=10, batch_size=5)
     np.testing.assert_allclose(np.asarray(resumed.features), straight.features, rtol=1e-6, atol=1e-6)
     assert not list(cache.glob("*/shards")), "shards are removed once merged"
+
+
+def test_a_second_extraction_of_the_same_entry_waits_then_reuses_it(tmp_path: Path, cifar_paths: list[str],
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    # Two runs on the same images share a cache entry: while the first fills it, the second must wait (not
+    # start its own shards, whose merge would delete the first one's), then reuse the finished entry.
+    import threading
+
+    from imgclust.features.cache import FeatureCache
+
+    dataset = PathListDataset(cifar_paths)
+    reference = extract_features(dataset, _tiny_backbone(), cache_dir=tmp_path / "ref", num_workers=0,
+                                 progress=False)
+    entry = FeatureCache(tmp_path / "shared", {}, [])
+    entry.path = tmp_path / "shared" / reference.path.name  # the key extract_features computes for this data
+    results: list = []
+    caplog.set_level("INFO")
+    with entry.exclusive():
+        second = threading.Thread(target=lambda: results.append(extract_features(
+            dataset, _tiny_backbone(), cache_dir=tmp_path / "shared", num_workers=0, progress=False)))
+        second.start()
+        second.join(timeout=3)
+        assert second.is_alive() and not results  # blocked on the lock held here
+        # Meanwhile "the first run" finishes the entry.
+        first = extract_features(dataset, _tiny_backbone(), cache_dir=tmp_path / "other", num_workers=0,
+                                 progress=False)
+        os.replace(first.path, entry.path)
+    second.join(timeout=60)
+    assert results and np.array_equal(np.asarray(results[0].features), np.asarray(reference.features))
+    assert "waiting for another process" in caplog.text and "reusing cached features" in caplog.text

@@ -162,3 +162,28 @@ def test_registry_rejects_unknown_names_and_options():
         fit_method("dbscan", FitContext(features=x, n_clusters=2))
     with pytest.raises(ImgclustError, match="unknown k-means option"):
         fit_method("kmeans", FitContext(features=x, n_clusters=2, options={"n_inits": 3}))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_large_n_trains_on_a_sample_and_assigns_every_row(backend, tmp_path):
+    # Past approximate_above the centres come from max(approximate_above, 256·K) sampled rows; every row of a
+    # memory-mapped float16 cache is still assigned, and as well as training on everything would.
+    x, truth = blobs(n_per_cluster=500, k=4, d=16, seed=5)
+    cache = np.lib.format.open_memmap(tmp_path / "features.npy", mode="w+", dtype=np.float16, shape=x.shape)
+    cache[:] = x
+    cache.flush()
+    features = np.load(tmp_path / "features.npy", mmap_mode="r")
+    sampled = kmeans(features, 4, n_init=5, backend=backend, approximate_above=600)
+    assert sampled.training_rows == max(600, 256 * 4)
+    assert sampled.labels.shape == (2000,) and cluster_accuracy(truth, sampled.labels) == 1.0
+    full = kmeans(features, 4, n_init=5, backend=backend, approximate_above=None)
+    assert full.training_rows == 2000
+    assert sampled.inertia <= full.inertia * 1.01
+    labels, _, _ = predict(features, sampled.centers)
+    np.testing.assert_array_equal(labels, sampled.labels)
+
+
+def test_approximate_above_is_validated():
+    x, _ = blobs(n_per_cluster=10, k=2, d=4)
+    with pytest.raises(ImgclustError, match="approximate_above"):
+        kmeans(x, 2, approximate_above=0)

@@ -11,7 +11,7 @@ from PIL import Image
 
 import imgclust.neighbors as neighbors_module
 from imgclust.errors import ImgclustError
-from imgclust.neighbors import Neighbors, mine_neighbors, nearest_neighbors, neighbor_purity
+from imgclust.neighbors import Neighbors, mine_neighbors, nearest_neighbors, neighbor_purity, recall_at_k
 
 from conftest import cifar10_subset_paths
 
@@ -186,3 +186,76 @@ def test_purity_rejects_mismatched_inputs():
         neighbor_purity(np.full((3, 2), 3), np.zeros(3, dtype=np.int64))
     with pytest.raises(ImgclustError, match="k=3"):
         neighbor_purity(np.zeros((3, 2), dtype=np.int64), np.zeros(3, dtype=np.int64), k=3)
+
+
+# -- approximate search (IVF / HNSW) ---------------------------------------------------------------------------
+
+def real_pixels(cifar10_dir, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centred 16×16 CIFAR-10 test pixels: clumpy real-image vectors, cheap to make."""
+    paths, labels, _ = cifar10_subset_paths(cifar10_dir, "test", per_class)
+    x = np.stack([np.asarray(Image.open(p).convert("RGB").resize((16, 16)), dtype=np.float32).ravel()
+                  for p in paths])
+    return x - x.mean(axis=0), labels
+
+
+@needs_faiss
+@pytest.mark.shared_data
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_index_reaches_the_target_recall_on_real_images(cifar10_dir, kind):
+    x, _ = real_pixels(cifar10_dir, 150)
+    exact = nearest_neighbors(x, 10, index="exact")
+    approx = nearest_neighbors(x, 10, index=kind, target_recall=0.9, recall_sample=300)
+    search = approx.search
+    assert search["index"] == ("HNSW32" if kind == "hnsw" else "IVF38,PQ192x4fs,RFlat")
+    assert search["recall_at_k"] >= 0.9 and search["recall_sample"] == 300
+    true_recall = recall_at_k(approx.indices, exact.indices)
+    assert true_recall >= 0.85 and abs(true_recall - search["recall_at_k"]) < 0.05  # the sample is honest
+    assert not (approx.indices == np.arange(len(x))[:, None]).any()
+    assert np.all(np.diff(approx.similarities, axis=1) <= 1e-6)
+    # A higher target needs a breadth at least as large.
+    stricter = nearest_neighbors(x, 10, index=kind, target_recall=0.99, recall_sample=300)
+    assert stricter.search["breadth"] >= search["breadth"] and stricter.search["recall_at_k"] >= 0.99
+
+
+@needs_faiss
+def test_auto_goes_approximate_past_the_threshold_on_cpu_only():
+    x = random_features(1200, 8, seed=3)
+    assert nearest_neighbors(x, 5).search == {"index": "exact", "backend": "faiss"}
+    assert nearest_neighbors(x, 5, approximate_above=1000).search["index"].startswith("IVF")
+    assert nearest_neighbors(x, 5, approximate_above=None).search["index"] == "exact"
+    assert nearest_neighbors(x, 5, backend="torch", approximate_above=1000).search["index"] == "exact"
+
+
+@needs_faiss
+def test_rows_an_ivf_search_cannot_fill_are_searched_exactly():
+    # 51 lists of ~40 rows and k=60: with nprobe=1 (a target recall this low stops at the first breadth) every
+    # query's own list holds fewer than k rows, so faiss pads with -1; those rows must be searched exactly.
+    x = random_features(2000, 8, seed=4)
+    result = nearest_neighbors(x, 60, index="ivf", target_recall=0.01)
+    assert result.search["breadth"] == 1 and result.search["rows_searched_exactly"] > 0
+    assert result.indices.min() >= 0
+    short = result.indices[:5]
+    np.testing.assert_array_equal(np.sort(short, axis=1), np.sort(brute_force(x, 60)[:5], axis=1))
+
+
+@needs_faiss
+def test_approximate_search_reads_memory_mapped_float16_block_by_block(tmp_path, monkeypatch):
+    monkeypatch.setattr(neighbors_module, "_ROW_BLOCK", 100)
+    x = random_features(450, 6, seed=5)
+    cache = np.lib.format.open_memmap(tmp_path / "f.npy", mode="w+", dtype=np.float16, shape=x.shape)
+    cache[:] = x
+    cache.flush()
+    features = np.load(tmp_path / "f.npy", mmap_mode="r")
+    result = nearest_neighbors(features, 4, index="hnsw", target_recall=1.0)
+    np.testing.assert_array_equal(result.indices, nearest_neighbors(features, 4, index="exact").indices)
+    cache[333, 2] = np.nan  # the error names the row in the whole array, not in its block
+    cache.flush()
+    with pytest.raises(ImgclustError, match=r"NaN or inf in 1 of 450 rows \(first: row 333\)"):
+        nearest_neighbors(np.load(tmp_path / "f.npy", mmap_mode="r"), 4, index="ivf")
+
+
+def test_approximate_index_needs_faiss(monkeypatch):
+    monkeypatch.setattr(neighbors_module, "load_faiss", lambda: None)
+    with pytest.raises(ImgclustError, match="faiss is not installed"):
+        nearest_neighbors(random_features(50, 4), 3, index="hnsw")
+    assert nearest_neighbors(random_features(50, 4), 3, approximate_above=10).search["index"] == "exact"

@@ -23,6 +23,7 @@ from imgclust.train import (
     SplitEncoder,
     TrainConfig,
     TrainInputs,
+    draw_for_rows,
     fit,
     load_checkpoint,
     unwrap,
@@ -304,6 +305,21 @@ def test_sampler_is_a_function_of_seed_and_epoch() -> None:
     halves = [EpochBatchSampler(10, 4, seed=0, rank=r, world_size=2).batches(0) for r in range(2)]
     for i, full in enumerate(s.batches(0)):
         assert np.array_equal(np.concatenate([halves[0][i], halves[1][i]]), full)
+
+
+def test_per_sample_draws_do_not_depend_on_the_number_of_processes() -> None:
+    # 3 processes holding parts of a global batch of 11 draw what one process draws for the same samples.
+    whole = EpochBatchSampler(11, 11, seed=0).batches_with_parts(0)[0]
+    parts = [EpochBatchSampler(11, 11, seed=0, rank=r, world_size=3).batches_with_parts(0)[0] for r in range(3)]
+    assert whole[1] == (0, 11) and [p[1] for p in parts] == [(0, 11), (4, 11), (8, 11)]
+
+    def draws(indices: np.ndarray, part: tuple[int, int]) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(7)
+        return draw_for_rows(lambda m: torch.rand(m, generator=generator), len(indices), part)
+
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), whole[0])
+    torch.testing.assert_close(torch.cat([draws(*p) for p in parts]), draws(*whole), rtol=0, atol=0)
+    assert not torch.equal(draws(parts[1][0], None), draws(*parts[1]))  # without the part: another draw
 
 
 # -- safety --------------------------------------------------------------------------------------------------

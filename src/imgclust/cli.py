@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -86,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     cluster.add_argument("--workers", type=int, default=None, help="image decoding processes")
     cluster.add_argument("--cache-dir", help="feature cache folder (default ~/.cache/imgclust/features)")
+    cluster.add_argument("--shard-size", type=int, default=2048,
+                         help="images per feature-cache shard: the unit a killed extraction resumes from, and "
+                              "that torchrun processes share out (default 2048)")
     cluster.add_argument("--data-root", help="folder holding built-in dataset files")
     cluster.add_argument("--seed", type=int, default=0, help="random seed")
     cluster.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
@@ -161,8 +165,10 @@ def _version() -> str:
 def cmd_cluster(args: argparse.Namespace) -> int:
     from . import distributed
 
-    # Under torchrun every rank trains; only rank 0 owns (locks and writes) the run folder.
+    # Under torchrun every rank extracts and trains; only rank 0 owns (locks and writes) the run folder.
     distributed.init_from_env()
+    if distributed.is_distributed() and args.n_clusters is None:
+        raise ImgclustError("estimating K is not supported under torchrun", "pass -k when launching with torchrun")
     if not distributed.is_main_process():
         return _cluster_worker_rank(args)
     return _cluster_main(args)
@@ -170,8 +176,6 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 def _cluster_worker_rank(args: argparse.Namespace) -> int:
     """A non-zero torchrun rank: the same fit on its share of every batch; rank 0 writes all files."""
-    if args.n_clusters is None:
-        raise ImgclustError("estimating K is not supported under torchrun", "pass -k when launching with torchrun")
     if args.data_root:
         os.environ["IMGCLUST_DATA"] = args.data_root
     out = args.out or _default_out(args.source, args.method, args.n_clusters)
@@ -185,7 +189,7 @@ def _clusterer(args: argparse.Namespace, out: Path, progress: bool) -> Any:
     return ImageClusterer(
         n_clusters=args.n_clusters if args.n_clusters is not None else 2, method=args.method,
         backbone=args.backbone, weights=args.weights, device=args.device, batch_size=args.batch_size,
-        num_workers=args.workers, cache_dir=args.cache_dir, random_state=args.seed,
+        num_workers=args.workers, cache_dir=args.cache_dir, shard_size=args.shard_size, random_state=args.seed,
         method_options=_method_options(args.options), run_dir=str(out), resume=args.resume, progress=progress)
 
 
@@ -300,9 +304,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from ._io import RunLock
     from .report.html import write_report
 
-    paths = write_report(args.run_dir, plots=args.plots, progress=not args.quiet, map_method=args.map_method)
+    # Never rewrite a report while a run writes the same folder (a missing folder: write_report says so).
+    with RunLock(args.run_dir) if Path(args.run_dir).is_dir() else contextlib.nullcontext():
+        paths = write_report(args.run_dir, plots=args.plots, progress=not args.quiet, map_method=args.map_method)
     print(f"report: {paths['report']}" + (f"\nplots:  {args.run_dir / 'plots'}/" if args.plots else ""))
     return 0
 

@@ -28,6 +28,7 @@ __all__ = [
     "all_gather",
     "all_reduce_sum",
     "differentiable_all_reduce_sum",
+    "differentiable_all_gather",
     "broadcast_object",
     "init_from_env",
     "GlobalBatchNorm",
@@ -147,6 +148,37 @@ def differentiable_all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return tensor
     return _AllReduceSum.apply(tensor)
+
+
+class _AllGather(torch.autograd.Function):
+    """y = cat_r x_r on every process; the gradient of x_r is its rows of sum_r dL_r/dy (all-reduced)."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        gathered = all_gather(tensor)
+        sizes = torch.tensor([tensor.shape[0]], device=tensor.device, dtype=torch.long)
+        everyone = [torch.zeros_like(sizes) for _ in range(world_size())]
+        dist.all_gather(everyone, sizes)
+        ctx.offset = int(sum(int(c.item()) for c in everyone[:rank()]))
+        ctx.rows = tensor.shape[0]
+        return gathered
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad_output.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.offset:ctx.offset + ctx.rows]
+
+
+def differentiable_all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Rows of every process in rank order, with gradients flowing back to each process's own rows.
+
+    For a loss that every process computes identically on the gathered rows (e.g. a batch-level MMD), the
+    all-reduced backward and DDP's gradient averaging together give exactly the one-process gradient.
+    """
+    if not is_distributed():
+        return tensor
+    return _AllGather.apply(tensor)
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

@@ -18,6 +18,7 @@ from .data import load_source
 from .data.base import EmbeddingDataset, ImageDataset
 from .errors import ImgclustError
 from .features import FeatureSet
+from .features.extract import DEFAULT_SHARD_SIZE
 from .methods import available_methods, fit_method, model_class
 from .methods.base import Assignment, ClusterModel, FitContext
 
@@ -57,6 +58,8 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         run_dir: where methods that train keep checkpoints and their log (``None``: no checkpoints).
         resume: continue a killed training run from ``run_dir``.
         progress: show progress bars.
+        shard_size: images per feature-cache shard: the unit a killed extraction resumes from and that
+            ``torchrun`` processes share out.
 
     Attributes (after ``fit``):
         labels_: (N,) int64 cluster of each input row; -1 for rows that could not be decoded.
@@ -74,7 +77,7 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
                  weights: str | None = None, device: str = "auto", batch_size: int = 64,
                  num_workers: int | None = None, cache_dir: str | None = None, random_state: int = 0,
                  method_options: dict[str, Any] | None = None, run_dir: str | None = None,
-                 resume: bool = False, progress: bool = True):
+                 resume: bool = False, progress: bool = True, shard_size: int = DEFAULT_SHARD_SIZE):
         self.n_clusters = n_clusters
         self.method = method
         self.backbone = backbone
@@ -88,6 +91,7 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         self.run_dir = run_dir
         self.resume = resume
         self.progress = progress
+        self.shard_size = shard_size
 
     # -- encoding ----------------------------------------------------------------------------------------
     def _backbone(self) -> Any:
@@ -124,20 +128,11 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         if encoder != "backbone":
             trunk, _ = backbone.split(int(encoder.split("-")[1]))
             kwargs = {"encoder": trunk, "encoder_id": encoder}
-        def extract() -> Any:
-            return extract_features(dataset, backbone, cache_dir=self.cache_dir, device=self.device_,
-                                    batch_size=self.batch_size, num_workers=self.num_workers,
-                                    progress=self.progress and distributed.is_main_process(), **kwargs)
-
-        if distributed.is_distributed():
-            # Under torchrun, rank 0 fills the shared cache; the other ranks then read the finished entry.
-            if distributed.is_main_process():
-                feature_set = extract()
-            distributed.barrier()
-            if not distributed.is_main_process():
-                feature_set = extract()
-        else:
-            feature_set = extract()
+        # Under torchrun every process encodes its share of the shards (extract_features is collective).
+        feature_set = extract_features(dataset, backbone, cache_dir=self.cache_dir, device=self.device_,
+                                       batch_size=self.batch_size, num_workers=self.num_workers,
+                                       shard_size=self.shard_size,
+                                       progress=self.progress and distributed.is_main_process(), **kwargs)
         self.last_feature_set_ = feature_set
         return np.asarray(feature_set.features), feature_set.valid_indices, dataset
 
@@ -159,7 +154,8 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         if len(valid) < self.n_clusters:
             raise ImgclustError(
                 f"-k {self.n_clusters} asked for, but only {len(valid)} of {n_total} images could be used",
-                f"use -k {max(2, len(valid))} or fewer, or add images")
+                f"use -k {len(valid)} or fewer, or add images" if len(valid) >= 2
+                else "add images: clustering needs at least 2")
         true_labels = None if dataset.labels is None else np.asarray(dataset.labels, dtype=np.int64)
         context = FitContext(
             features=features, n_clusters=int(self.n_clusters), seed=int(self.random_state),
@@ -169,7 +165,8 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
             labels=None if true_labels is None else true_labels[valid],
             run_dir=Path(self.run_dir) if self.run_dir else None, resume=self.resume,
             cache_dir=Path(self.cache_dir) if self.cache_dir else None, batch_size=self.batch_size,
-            num_workers=self.num_workers, progress=self.progress, options=dict(self.method_options or {}))
+            num_workers=self.num_workers, progress=self.progress, options=dict(self.method_options or {}),
+            shard_size=self.shard_size)
         started = time.perf_counter()
         result = fit_method(self.method, context)
         timings["fit"] = time.perf_counter() - started
@@ -221,13 +218,14 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
     # -- persistence -------------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
         """Write ``model.safetensors`` + ``model.json``: all that ``load`` needs to predict new images."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         self._check_fitted()
         folder = Path(folder)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_tensors().items()}
         with atomic_path(folder / "model.safetensors") as tmp:
-            save_file(tensors, str(tmp))
+            # bytes, not save_file: save_file writes its own temporary, which a kill would leave behind
+            tmp.write_bytes(save(tensors))
         backbone = getattr(self, "backbone_", None)
         params = self.get_params()
         params["method_options"] = _jsonable(params.get("method_options") or {})
@@ -249,12 +247,17 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         if not meta_path.exists() or not tensor_path.exists():
             raise ImgclustError(f"{folder} holds no saved model (model.json + model.safetensors)",
                                 "point at the --out folder of a finished `imgclust cluster` run")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != "imgclust-model":
+        try:
+            meta = json.loads(meta_path.read_text())
+            tensors = load_file(str(tensor_path))
+        except Exception as err:  # truncated or foreign files (safetensors raises its own error type)
+            raise ImgclustError(f"cannot read the saved model in {folder}: {type(err).__name__}: {err}",
+                                "re-run `imgclust cluster` to rewrite the run folder") from err
+        if not isinstance(meta, dict) or meta.get("format") != "imgclust-model":
             raise ImgclustError(f"{meta_path} is not an imgclust model file", "point at an imgclust run folder")
         estimator = cls(**meta["estimator"])
         estimator.backbone_ = None
-        estimator.model_ = model_class(meta["method"]).from_state(load_file(str(tensor_path)), meta["model_config"])
+        estimator.model_ = model_class(meta["method"]).from_state(tensors, meta["model_config"])
         saved_id = meta["backbone"].get("weights_id")
         if saved_id:
             current = estimator._backbone().weights_id

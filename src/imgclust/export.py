@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._io import atomic_path, remove_stale_temporaries
 from .errors import ImgclustError
 
 MODES = ("symlink", "hardlink", "copy")
@@ -156,23 +157,20 @@ def _digest(path: Path) -> str:
 
 
 def _place(src: Path, dst: Path, mode: str) -> None:
-    """Create ``dst`` from ``src``; never replaces an existing ``dst`` (FileExistsError instead)."""
+    """Create ``dst`` from ``src``; never replaces an existing ``dst`` (FileExistsError instead).
+
+    A copy is written to a hidden temporary and appears under its name only when complete, so an export
+    killed mid-copy never leaves a truncated image behind (the next export removes the temporary).
+    """
     if mode == "symlink":
         os.symlink(src, dst)
     elif mode == "hardlink":
         os.link(src, dst)
     else:
-        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        try:
-            with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+        with atomic_path(dst, replace=False) as tmp:
+            with open(src, "rb") as inp, open(tmp, "wb") as out:
                 shutil.copyfileobj(inp, out, 1 << 20)
-            shutil.copystat(src, dst)
-        except BaseException:
-            try:
-                os.unlink(dst)
-            except OSError:
-                pass
-            raise
+            shutil.copystat(src, tmp)
 
 
 def _file_names(items: list[tuple[str, int]]) -> list[str]:
@@ -257,6 +255,7 @@ def export_clusters(run_dir: str | os.PathLike, to: str | os.PathLike, mode: str
             if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
                 raise ImgclustError(f"{folder} exists and is not a plain folder", "remove it or choose another --to")
             folder.mkdir(exist_ok=True)
+            remove_stale_temporaries(folder)  # copies a killed export left unfinished
             made_folders.add(c)
         if not _inside(root, dst.parent / "x"):
             result.refused.append({"source": item, "name": file_name, "reason": f"resolves outside {to}"})

@@ -244,6 +244,16 @@ def _has_pretrained_weights(timm_name: str) -> bool:
     return cfg is not None and bool(cfg.has_weights)
 
 
+def _weights_source(timm_name: str) -> str:
+    """Where timm downloads the weights from, e.g. "file model.safetensors of hub repo timm/vit_small…"."""
+    cfg = get_pretrained_cfg(timm_name)
+    if cfg is not None and cfg.hf_hub_id:
+        return f"file {cfg.hf_hub_filename or 'model.safetensors'} of hub repo {cfg.hf_hub_id}"
+    if cfg is not None and cfg.url:
+        return f"file {cfg.url}"
+    return "from the model hub"
+
+
 def _create_pretrained(name: str, timm_name: str, kwargs: dict[str, Any]) -> nn.Module:
     offline = _offline_requested() or not _hub_reachable()
     try:
@@ -252,7 +262,8 @@ def _create_pretrained(name: str, timm_name: str, kwargs: dict[str, Any]) -> nn.
     except Exception as e:  # hub/network errors come in many types (OSError, HTTP errors, hub errors)
         reason = ("the model hub is unreachable and they are not in the local cache" if offline
                   else f"{type(e).__name__}: {e}")
-        raise ImgclustError(f"cannot get pretrained weights for backbone '{name}' ({timm_name}): {reason}",
+        raise ImgclustError(f"cannot get pretrained weights for backbone '{name}' ({timm_name}), "
+                            f"{_weights_source(timm_name)}: {reason}",
                             fix="connect to the internet once to download them, or pass --weights PATH to a local "
                                 ".safetensors/.pth file with these weights") from e
 

@@ -156,12 +156,17 @@ def make_embedding_dataset(features: np.ndarray, labels: Sequence | np.ndarray |
     if features.dtype.kind != "f":
         raise ImgclustError(f"{name}: embeddings must be floats, got {features.dtype} with shape {features.shape}",
                             "cast with .astype(np.float32); images must be 3-D or 4-D uint8 arrays")
-    features = np.asarray(features, dtype=np.float32)
     bad_rows = np.flatnonzero(~np.isfinite(features).all(axis=1))
     if len(bad_rows):
         raise ImgclustError(f"{name}: {len(bad_rows)} of {len(features)} embedding rows contain NaN or inf "
-                            f"(rows {bad_rows[:10].tolist()}{', …' if len(bad_rows) > 10 else ''})",
-                            "drop or recompute those rows before clustering")
+                            f"(rows {_row_list(bad_rows)})", "drop or recompute those rows before clustering")
+    with np.errstate(over="ignore"):  # reported just below, in words
+        features = np.asarray(features, dtype=np.float32)
+    too_large = np.flatnonzero(~np.isfinite(features).all(axis=1))
+    if len(too_large):
+        raise ImgclustError(f"{name}: {len(too_large)} of {len(features)} embedding rows hold values beyond the "
+                            f"float32 range (|x| > 3.4e38) (rows {_row_list(too_large)})",
+                            "rescale the embeddings (e.g. divide by their largest absolute value) before clustering")
     labels_out, names = check_labels(labels, class_names, len(features), name)
     return EmbeddingDataset(name=name, features=features, labels=labels_out, class_names=names)
 
@@ -223,6 +228,10 @@ def load_array_file(path: str | os.PathLike) -> ArrayImageDataset | EmbeddingDat
     except (OSError, EOFError) as exc:
         raise ImgclustError(f"{path}: cannot read the numpy file ({exc})",
                             "check the file is complete and readable; re-save it with np.save / np.savez") from None
+
+
+def _row_list(rows: np.ndarray) -> str:
+    return f"{rows[:10].tolist()}{', …' if len(rows) > 10 else ''}"
 
 
 def _refuse_objects(array: np.ndarray, name: str) -> np.ndarray:

@@ -6,7 +6,9 @@ Pillow's global switches (``ImageFile.LOAD_TRUNCATED_IMAGES``, ``Image.MAX_IMAGE
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -109,11 +111,16 @@ def array_to_image(array: np.ndarray) -> Image.Image:
 
 
 def _open_readonly(path: Path):
-    """Open ``path`` for binary reading, turning each OS failure into a BadImageError with a plain reason."""
+    """Open ``path`` for binary reading, turning each OS failure into a BadImageError with a plain reason.
+
+    Only regular files are read: a pipe or device named like an image could block a run forever.
+    """
     if path.is_symlink() and not path.exists():
+        if _is_link_loop(path):
+            raise _bad(path, "symbolic link loop (following the link leads back to itself)")
         raise _bad(path, f"broken symbolic link (its target {os.readlink(path)} does not exist)")
     try:
-        return open(path, "rb")
+        fh = open(path, "rb", opener=_open_nonblocking)
     except FileNotFoundError:
         raise _bad(path, "file not found (deleted or moved after the folder was scanned?)") from None
     except PermissionError:
@@ -122,6 +129,23 @@ def _open_readonly(path: Path):
         raise _bad(path, "is a folder, not an image file") from None
     except OSError as exc:
         raise _bad(path, f"cannot be opened: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+        fh.close()
+        raise _bad(path, "not a regular file (a pipe, socket or device named like an image)")
+    return fh
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    # Opening a pipe for reading would wait for a writer; O_NONBLOCK returns at once (regular files ignore it).
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+
+
+def _is_link_loop(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -15,17 +15,21 @@ from its finished shards. All files are written through a temporary file and ren
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
-from .._io import atomic_path, write_json, write_npy
+from .._io import atomic_path, remove_stale_temporaries, write_json, write_npy
+
+_logger = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
 
@@ -74,6 +78,25 @@ class FeatureCache:
         self.shard_dir = self.path / "shards"
 
     # -- reuse -------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold this entry's lock: another process filling the same entry is waited for (its shards are not
+        merged away under this one), and then its finished entry is reused."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Beside the entry, not in it: start() may delete and recreate the entry's folder.
+        with open(self.path.parent / f"{self.path.name}.lock", "a+") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                _logger.warning("waiting for another process that is extracting the same features (%s)", self.path)
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
     def load_complete(self) -> FeatureSet | None:
         """The finished entry if its manifest matches this request exactly, else ``None``."""
         manifest_path = self.path / "manifest.json"
@@ -102,6 +125,7 @@ class FeatureCache:
             if old.get("identity") != self.identity or old.get("items") != self.items:
                 shutil.rmtree(self.path)
         self.shard_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.path)  # half-written shards or merges of a killed extraction
         if not manifest_path.exists():
             write_json(manifest_path, {"identity": self.identity, "items": self.items, "complete": False})
 
@@ -120,12 +144,14 @@ class FeatureCache:
             return None
 
     def write_shard(self, shard: int, features: np.ndarray, valid: np.ndarray, bad: list[dict[str, Any]],
-                    seconds: float) -> None:
-        """Store one shard: array first, record second, so the record proves the array is whole."""
+                    seconds: float, rank: int = 0) -> None:
+        """Store one shard: array first, record second, so the record proves the array is whole.
+
+        ``rank`` records which process encoded it (under torchrun the shards are shared out)."""
         array_path, record_path = self._shard_paths(shard)
         write_npy(array_path, features)
         write_json(record_path, {"valid": valid.tolist(), "bad": bad, "seconds": seconds,
-                                 "shape": list(features.shape)})
+                                 "shape": list(features.shape), "rank": int(rank)})
 
     # -- merge -------------------------------------------------------------------------------------------
     def merge(self, n_shards: int, extra_manifest: dict[str, Any]) -> FeatureSet:
@@ -152,9 +178,19 @@ class FeatureCache:
         manifest = {"identity": self.identity, "items": self.items, "complete": True,
                     "n_valid": int(total), "shape": [total, *first.shape[1:]], "dtype": str(first.dtype),
                     "skipped": skipped, "extract_seconds": float(sum(r["seconds"] for r in records)),
+                    "shards_per_rank": _shards_per_rank(records),
                     **extra_manifest}
         write_json(self.path / "manifest.json", manifest)
         shutil.rmtree(self.shard_dir, ignore_errors=True)
         merged = self.load_complete()
         assert merged is not None, f"{self.path}: manifest written but not readable"
         return merged
+
+
+def _shards_per_rank(records: list[dict[str, Any]]) -> dict[str, int]:
+    """How many shards each process encoded, e.g. ``{"0": 3, "1": 3}`` after torchrun with 2 processes."""
+    counts: dict[str, int] = {}
+    for record in records:
+        key = str(record.get("rank", 0))
+        counts[key] = counts.get(key, 0) + 1
+    return counts

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .. import distributed as dist
 from ..data.base import ImageDataset
 from ..errors import BadImageError
 from .cache import FeatureCache, FeatureSet, default_cache_dir
@@ -156,66 +157,94 @@ def extract_features(
     if not use_cache:
         import tempfile
 
-        root = Path(tempfile.mkdtemp(prefix="imgclust-features-"))
+        # Under torchrun every process must write to the same temporary folder: rank 0 names it.
+        root = Path(dist.broadcast_object(tempfile.mkdtemp(prefix="imgclust-features-")
+                                          if dist.is_main_process() else None))
     cache = FeatureCache(root, identity, list(dataset.items))
-    cached = cache.load_complete()
-    if cached is not None:
-        _logger.info("reusing cached features %s", cache.path)
-        return cached
-    cache.start()
-
     n = len(dataset)
     n_shards = max(1, -(-n // shard_size))
-    todo = [s for s in range(n_shards) if cache.finished_shard(s) is None]
-    if len(todo) < n_shards:
-        _logger.info("resuming extraction: %d of %d shards already done", n_shards - len(todo), n_shards)
-    workers = default_num_workers() if num_workers is None else num_workers
-    mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)
-    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
-    encoder = encoder.to(device).eval()
+    # One process at a time fills a cache entry (another run on the same images waits, then reuses it);
+    # under torchrun rank 0 holds the lock for all ranks.
+    with cache.exclusive() if dist.is_main_process() else nullcontext():
+        # Rank 0 decides (reuse, or which shards are missing) for everyone, so all processes take the same path.
+        plan = None
+        if dist.is_main_process():
+            if cache.load_complete() is not None:
+                plan = "complete"
+            else:
+                cache.start()
+                plan = [s for s in range(n_shards) if cache.finished_shard(s) is None]
+        plan = dist.broadcast_object(plan)
+        if plan == "complete":
+            _logger.info("reusing cached features %s", cache.path)
+            cached = cache.load_complete()
+            assert cached is not None, f"{cache.path}: rank 0 found it complete"
+            return cached
+        if len(plan) < n_shards:
+            _logger.info("resuming extraction: %d of %d shards already done", n_shards - len(plan), n_shards)
+        # Under torchrun each process encodes every world_size-th missing shard; rank 0 merges them at the end.
+        todo = plan[dist.rank()::dist.world_size()]
+        workers = default_num_workers() if num_workers is None else num_workers
+        mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)
+        autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+        encoder = encoder.to(device).eval()
 
-    from tqdm.auto import tqdm
+        from tqdm.auto import tqdm
 
-    bar = tqdm(total=n, initial=n - sum(min(shard_size, n - s * shard_size) for s in todo),
-               desc=f"features {backbone.name}", unit="img", disable=not progress, leave=False)
-    for shard in todo:
-        started = time.perf_counter()
-        rows = range(shard * shard_size, min(n, (shard + 1) * shard_size))
-        loader = iter_decoded(dataset, rows, preprocess.to_uint8_tensor, batch_size, workers,
-                              pin_memory=device.type == "cuda")
-        generator = torch.Generator(device=device)
-        generator.manual_seed(int(seed) * 1_000_003 + int(view) * 10_007 + shard)
-        parts: list[np.ndarray] = []
-        valid: list[int] = []
-        bad: list[dict[str, Any]] = []
-        with torch.inference_mode():
-            for indices, images, failures in loader:
-                bad += [{"index": i, "item": dataset.items[i], "reason": r} for i, r in failures]
-                if images is not None:
-                    x = images.to(device, non_blocking=True).float().div_(255)
-                    if augment is not None:
-                        x = augment(x, generator)
-                    x = (x - mean) / std
-                    with autocast:
-                        out = encoder(x)
-                    parts.append(out.float().cpu().numpy().astype(dtype, copy=False))
-                    valid += indices
-                bar.update(len(indices) + len(failures))
-        shape = parts[0].shape[1:] if parts else _output_shape(encoder, preprocess.input_size, device)
-        features = np.concatenate(parts) if parts else np.zeros((0, *shape), dtype=dtype)
-        cache.write_shard(shard, features, np.asarray(valid, dtype=np.int64), bad,
-                          time.perf_counter() - started)
-    bar.close()
-    result = cache.merge(n_shards, {"device": str(device), "batch_size": batch_size, "num_workers": workers})
+        bar = tqdm(total=sum(len(_shard_rows(s, shard_size, n)) for s in todo),
+                   desc=f"features {backbone.name}" + (f" (rank {dist.rank()})" if dist.is_distributed() else ""),
+                   unit="img", disable=not progress, leave=False)
+        for shard in todo:
+            started = time.perf_counter()
+            rows = _shard_rows(shard, shard_size, n)
+            loader = iter_decoded(dataset, rows, preprocess.to_uint8_tensor, batch_size, workers,
+                                  pin_memory=device.type == "cuda")
+            generator = torch.Generator(device=device)
+            generator.manual_seed(int(seed) * 1_000_003 + int(view) * 10_007 + shard)
+            parts: list[np.ndarray] = []
+            valid: list[int] = []
+            bad: list[dict[str, Any]] = []
+            with torch.inference_mode():
+                for indices, images, failures in loader:
+                    bad += [{"index": i, "item": dataset.items[i], "reason": r} for i, r in failures]
+                    if images is not None:
+                        x = images.to(device, non_blocking=True).float().div_(255)
+                        if augment is not None:
+                            x = augment(x, generator)
+                        x = (x - mean) / std
+                        with autocast:
+                            out = encoder(x)
+                        parts.append(out.float().cpu().numpy().astype(dtype, copy=False))
+                        valid += indices
+                    bar.update(len(indices) + len(failures))
+            shape = parts[0].shape[1:] if parts else _output_shape(encoder, preprocess.input_size, device)
+            features = np.concatenate(parts) if parts else np.zeros((0, *shape), dtype=dtype)
+            cache.write_shard(shard, features, np.asarray(valid, dtype=np.int64), bad,
+                              time.perf_counter() - started, rank=dist.rank())
+        bar.close()
+        dist.barrier()
+        if dist.is_main_process():
+            result = cache.merge(n_shards, {"device": str(device), "batch_size": batch_size, "num_workers": workers,
+                                            "world_size": dist.world_size()})
+        dist.barrier()
+        if not dist.is_main_process():
+            result = cache.load_complete()
+            assert result is not None, f"{cache.path}: rank 0 merged it"
     if not use_cache:
-        # Keep the arrays in memory and drop the temporary folder.
+        # Keep the arrays in memory and drop the temporary folder (once every process holds its copy).
         result = FeatureSet(np.array(result.features), result.valid_indices, result.skipped, result.manifest,
                             None)
-        import shutil
+        dist.barrier()
+        if dist.is_main_process():
+            import shutil
 
-        shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(root, ignore_errors=True)
     return result
+
+
+def _shard_rows(shard: int, shard_size: int, n: int) -> range:
+    return range(shard * shard_size, min(n, (shard + 1) * shard_size))
 
 
 def _output_shape(encoder: torch.nn.Module, size: int, device: torch.device) -> tuple[int, ...]:

@@ -56,6 +56,7 @@ class FitContext:
     batch_size: int = 64
     num_workers: int | None = None
     progress: bool = True
+    shard_size: int = 2048
     options: dict[str, Any] = field(default_factory=dict)
 
 

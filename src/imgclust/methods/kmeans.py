@@ -13,6 +13,11 @@ Backends:
 
 Whatever the backend, the returned labels are the argmax-cosine assignment to the returned unit centres, so
 :func:`predict` on the training features reproduces them exactly.
+
+Scale: past ``approximate_above`` rows (default 100,000) the centres are trained on a random sample of
+``max(approximate_above, 256·K)`` rows — faiss's own recipe for large sets; 256 points per centre place it to
+well under a percent of the objective — and then every row is assigned to them exactly, block by block, so a
+memory-mapped feature cache is never loaded whole. The fit reports how many rows trained the centres.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import ImgclustError
-from ..neighbors import load_faiss, normalize_features
+from ..neighbors import APPROXIMATE_ABOVE, load_faiss, normalize_block, normalize_features
 from .base import Assignment, ClusterModel, FitContext, FitResult
 
 BACKENDS = ("auto", "faiss", "sklearn")
@@ -36,8 +41,13 @@ BACKENDS = ("auto", "faiss", "sklearn")
 # being ≈1/K everywhere (as T=1 would give).
 CONFIDENCE_TEMPERATURE = 0.05
 
-# Rows per block in predict(): bounds the (rows, K) similarity block for large N.
+# Rows per block in predict(): bounds the (rows, K) similarity block and the float32 copy of the input.
 _PREDICT_BLOCK = 65536
+# Training rows per centre past approximate_above (faiss's max_points_per_centroid default).
+_POINTS_PER_CENTER = 256
+# faiss k-means runs in blocks of this many iterations until the objective gains less than the tolerance.
+_CONVERGENCE_BLOCK = 10
+_CONVERGENCE_TOL = 1e-5
 
 
 @dataclass
@@ -54,6 +64,7 @@ class KMeansResult:
             the ``n_init`` runs).
         n_iter: iterations of the kept run.
         backend: ``"faiss"`` or ``"sklearn"``.
+        training_rows: rows the centres were trained on (all N, or a random sample past ``approximate_above``).
     """
 
     labels: np.ndarray
@@ -63,16 +74,19 @@ class KMeansResult:
     inertia: float
     n_iter: int
     backend: str
+    training_rows: int
 
 
-def _assign(x: np.ndarray, centers: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Nearest centre by cosine for unit rows ``x`` (N, D) and unit ``centers`` (K, D), block by block."""
-    n = x.shape[0]
+def _assign(features: np.ndarray, centers: np.ndarray, temperature: float
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nearest centre by cosine for the rows of ``features`` (N, D; normalised block by block) and unit
+    ``centers`` (K, D)."""
+    n = features.shape[0]
     labels = np.empty(n, dtype=np.int64)
     distances = np.empty(n, dtype=np.float32)
     confidence = np.empty(n, dtype=np.float32)
     for start in range(0, n, _PREDICT_BLOCK):
-        sims = x[start:start + _PREDICT_BLOCK] @ centers.T
+        sims = normalize_block(features, start, min(start + _PREDICT_BLOCK, n)) @ centers.T
         best = sims.argmax(axis=1)
         top = np.take_along_axis(sims, best[:, None], axis=1)
         labels[start:start + _PREDICT_BLOCK] = best
@@ -101,11 +115,22 @@ def predict(features: np.ndarray | torch.Tensor, centers: np.ndarray | torch.Ten
     if temperature <= 0:
         raise ImgclustError(f"temperature must be > 0; got {temperature}.", fix="use e.g. 0.05.")
     c = normalize_features(centers)
-    x = normalize_features(features)
+    x = _as_rows(features)
     if x.shape[1] != c.shape[1]:
         raise ImgclustError(f"features have {x.shape[1]} dimensions but the centres have {c.shape[1]}.",
                             fix="use features from the same backbone (and layer) the model was fitted on.")
     return _assign(x, c, temperature)
+
+
+def _as_rows(features: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A (N, D) host array view of ``features`` (no copy for numpy input, memory-mapped included)."""
+    if isinstance(features, torch.Tensor):
+        features = features.detach().cpu().numpy()
+    x = np.asarray(features)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ImgclustError(f"features must be a non-empty 2-D (N, D) array; got shape {tuple(x.shape)}.",
+                            fix="pass one feature row per image.")
+    return x
 
 
 def _check_k(x: np.ndarray, n_clusters: int) -> None:
@@ -119,6 +144,9 @@ def _check_k(x: np.ndarray, n_clusters: int) -> None:
     # K > distinct points would force empty or duplicated clusters, which mean nothing: refuse rather than warn.
     # Rows are compared as raw bytes after normalisation (so positive multiples of a row count once).
     distinct = np.unique(x.view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel()).size
+    if distinct == 1:
+        raise ImgclustError(f"cannot make K={n_clusters} clusters: all N={n} samples have the same feature "
+                            "direction (identical images?).", fix="add images that differ from each other.")
     if n_clusters > distinct:
         raise ImgclustError(f"cannot make K={n_clusters} clusters: the N={n} samples have only {distinct} distinct "
                             "feature directions (duplicate images?).",
@@ -133,21 +161,39 @@ def _run_seeds(seed: int, n_init: int) -> list[int]:
 def _faiss_kmeans(faiss: ModuleType, x: np.ndarray, k: int, seed: int, n_init: int, max_iter: int
                   ) -> tuple[np.ndarray, int]:
     """Best of n_init faiss spherical k-means runs by inertia; returns (unit centres (K, D), iterations)."""
-    n, d = x.shape
     best: tuple[float, np.ndarray, int] | None = None
     # One faiss run per seed (nredo=1) instead of nredo=n_init: we pick the best by the same inertia we report
     # and know the kept run's iteration count.
     for run_seed in _run_seeds(seed, n_init):
-        km = faiss.Kmeans(d, k, niter=max_iter, nredo=1, seed=run_seed, spherical=True,
-                          max_points_per_centroid=n,  # train on all N points (default 256·K subsample)
-                          min_points_per_centroid=1)  # K <= N is checked; silences faiss's small-data warning
-        km.train(x)
-        centers = normalize_features(km.centroids)
+        centers, n_iter = _faiss_run(faiss, x, k, run_seed, max_iter)
         inertia = float((1.0 - (x @ centers.T).max(axis=1)).sum())
         if best is None or inertia < best[0]:
-            best = (inertia, centers, len(km.iteration_stats))
+            best = (inertia, centers, n_iter)
     assert best is not None
     return best[1], best[2]
+
+
+def _faiss_run(faiss: ModuleType, x: np.ndarray, k: int, seed: int, max_iter: int) -> tuple[np.ndarray, int]:
+    """One faiss run, stopped once converged: faiss itself always runs all ``niter`` iterations, so it is run
+    ``_CONVERGENCE_BLOCK`` iterations at a time from the previous centres until the objective improves by less
+    than ``_CONVERGENCE_TOL`` (relative) over a block, or ``max_iter`` is reached."""
+    n, d = x.shape
+    centers: np.ndarray | None = None
+    previous: float | None = None
+    done = 0
+    while done < max_iter:
+        step = min(_CONVERGENCE_BLOCK, max_iter - done)
+        km = faiss.Kmeans(d, k, niter=step, nredo=1, seed=seed, spherical=True,
+                          max_points_per_centroid=n,  # train on all N points (default 256·K subsample)
+                          min_points_per_centroid=1)  # K <= N is checked; silences faiss's small-data warning
+        objective = float(km.train(x, init_centroids=centers))  # summed cosine to the centres: higher is better
+        centers = km.centroids
+        done += step
+        if previous is not None and objective - previous <= _CONVERGENCE_TOL * abs(previous):
+            break
+        previous = objective
+    assert centers is not None
+    return normalize_features(centers), done
 
 
 def _sklearn_kmeans(x: np.ndarray, k: int, seed: int, n_init: int, max_iter: int) -> tuple[np.ndarray, int]:
@@ -159,18 +205,21 @@ def _sklearn_kmeans(x: np.ndarray, k: int, seed: int, n_init: int, max_iter: int
 
 
 def kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: int = 0, n_init: int = 10,
-           max_iter: int = 300, backend: str = "auto") -> KMeansResult:
+           max_iter: int = 300, backend: str = "auto", approximate_above: int | None = APPROXIMATE_ABOVE
+           ) -> KMeansResult:
     """Spherical k-means: K unit-norm centres maximising the summed cosine of each row to its centre.
 
     Deterministic for a given seed, backend and library version.
 
     Args:
-        features: (N, D) float array or tensor; L2-normalised inside (a copy).
+        features: (N, D) float array (memory-mapped is fine) or tensor; L2-normalised inside (a copy).
         n_clusters: K, from 2 to the number of distinct feature directions.
         seed: seed of the initialisations.
         n_init: independent runs; the one with the lowest inertia is kept.
         max_iter: iteration cap per run (runs stop earlier once converged).
         backend: ``"auto"`` (faiss if installed, else scikit-learn), ``"faiss"`` or ``"sklearn"``.
+        approximate_above: past this many rows, train the centres on a random sample of
+            ``max(approximate_above, 256·K)`` rows, then assign all rows (``None``: always train on all rows).
 
     Returns:
         :class:`KMeansResult`.
@@ -181,11 +230,23 @@ def kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: int = 0, 
     """
     if backend not in BACKENDS:
         raise ImgclustError(f"unknown k-means backend {backend!r}.", fix=f"use one of {', '.join(BACKENDS)}.")
-    settings = (("n_init", n_init, 1, 10), ("max_iter", max_iter, 1, 300), ("seed", seed, 0, 0))
+    settings = (("n_clusters", n_clusters, 2, 10), ("n_init", n_init, 1, 10), ("max_iter", max_iter, 1, 300),
+                ("seed", seed, 0, 0))
     for name, value, low, example in settings:
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise ImgclustError(f"{name} must be an integer >= {low}; got {value!r}.", fix=f"use e.g. {name}={example}.")
-    x = normalize_features(features)
+    if approximate_above is not None and (not isinstance(approximate_above, (int, np.integer))
+                                          or approximate_above < 1):
+        raise ImgclustError(f"approximate_above must be a positive integer or None; got {approximate_above!r}.",
+                            fix="use e.g. approximate_above=100000 (or null on the command line for never).")
+    rows = _as_rows(features)
+    n = rows.shape[0]
+    if approximate_above is not None and n > approximate_above:
+        sample_size = min(n, max(approximate_above, _POINTS_PER_CENTER * int(n_clusters)))
+        sample = np.sort(np.random.default_rng(seed).choice(n, size=sample_size, replace=False))
+        x = normalize_features(rows[sample])
+    else:
+        x = normalize_features(rows)
     _check_k(x, n_clusters)
     faiss = load_faiss() if backend != "sklearn" else None
     if backend == "faiss" and faiss is None:
@@ -195,10 +256,10 @@ def kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: int = 0, 
         centers, n_iter = _faiss_kmeans(faiss, x, int(n_clusters), seed, n_init, max_iter)
     else:
         centers, n_iter = _sklearn_kmeans(x, int(n_clusters), seed, n_init, max_iter)
-    labels, distances, confidence = _assign(x, centers, CONFIDENCE_TEMPERATURE)
+    labels, distances, confidence = _assign(rows, centers, CONFIDENCE_TEMPERATURE)
     return KMeansResult(labels=labels, centers=centers, distances=distances, confidence=confidence,
                         inertia=float(distances.astype(np.float64).sum()), n_iter=n_iter,
-                        backend="faiss" if faiss is not None else "sklearn")
+                        backend="faiss" if faiss is not None else "sklearn", training_rows=int(x.shape[0]))
 
 
 class KMeansModel(ClusterModel):
@@ -239,7 +300,7 @@ class KMeansModel(ClusterModel):
         return cls(centers.float().numpy(), config.get("temperature", CONFIDENCE_TEMPERATURE))
 
 
-_OPTIONS = ("n_init", "max_iter", "backend")
+_OPTIONS = ("n_init", "max_iter", "backend", "approximate_above")
 
 
 def fit_kmeans(context: FitContext) -> FitResult:
@@ -253,5 +314,6 @@ def fit_kmeans(context: FitContext) -> FitResult:
         model=KMeansModel(result.centers),
         assignment=Assignment(labels=result.labels, confidence=result.confidence, distance=result.distances),
         info={"backend": result.backend, "n_iter": result.n_iter, "inertia": result.inertia,
+              "training_rows": result.training_rows,
               "confidence_temperature": CONFIDENCE_TEMPERATURE},
     )

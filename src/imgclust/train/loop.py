@@ -188,12 +188,12 @@ class TrainContext:
             return contextlib.nullcontext()
         return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
 
-    def load(self, indices: np.ndarray | torch.Tensor, generator: torch.Generator, n_views: int = 1
-             ) -> list[torch.Tensor]:
-        """Augmented views of any samples (e.g. mined neighbours), as for a batch."""
+    def load(self, indices: np.ndarray | torch.Tensor, generator: torch.Generator, n_views: int = 1,
+             part: tuple[int, int] | None = None) -> list[torch.Tensor]:
+        """Augmented views of any samples (e.g. mined neighbours), as for a batch (``part``: the batch's)."""
         if isinstance(indices, torch.Tensor):
             indices = indices.detach().cpu().numpy()
-        return self.inputs.load_views(np.asarray(indices, dtype=np.int64), n_views, generator, self.device)
+        return self.inputs.load_views(np.asarray(indices, dtype=np.int64), n_views, generator, self.device, part)
 
     def load_clean(self, indices: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Un-augmented inputs of any samples."""
@@ -395,12 +395,12 @@ def fit(method: TrainableMethod, inputs: TrainInputs, config: TrainConfig | None
         method.on_epoch_start(train_model, epoch, ctx)
         train_model.train()
         sums: dict[str, torch.Tensor] = {}
-        batches = sampler.batches(epoch)
-        for step, idx in enumerate(_progress(batches, config.progress and main, f"epoch {epoch}")):
+        batches = sampler.batches_with_parts(epoch)
+        for step, (idx, part) in enumerate(_progress(batches, config.progress and main, f"epoch {epoch}")):
             generator = make_generator(config.seed, epoch, step)
-            views = inputs.load_views(idx, method.n_views, generator, device)
+            views = inputs.load_views(idx, method.n_views, generator, device, part)
             batch = Batch(indices=torch.as_tensor(idx, device=device), views=views, epoch=epoch, step=step,
-                          global_step=global_step, generator=generator)
+                          global_step=global_step, generator=generator, part=part)
             ctx.global_step = global_step
             with ctx.autocast():
                 out = method.training_step(train_model, batch, ctx)

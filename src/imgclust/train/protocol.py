@@ -25,8 +25,13 @@ The pieces
 :class:`Batch`
     What ``training_step`` receives: the per-instance ``indices`` (B,) of the samples (for a method's
     per-instance memory), ``views`` (a list of ``method.n_views`` tensors (B, ...) on the device, each a
-    different augmented view of the same B samples), ``epoch``, ``step``, ``global_step``, and a CPU
-    ``generator`` seeded from (seed, epoch, step) for any further randomness of the method.
+    different augmented view of the same B samples), ``epoch``, ``step``, ``global_step``, a CPU
+    ``generator`` seeded from (seed, epoch, step) for any further randomness of the method, and ``part``:
+    under ``torchrun``, this process's rows ``(offset, global_size)`` of the global batch.
+
+:func:`draw_for_rows`
+    Per-sample random numbers drawn for the whole global batch and sliced to this process's rows, so every
+    process (and a one-process run of the same global batch) gives each sample the same draw.
 
 :class:`TrainContext`
     The loop's services for a method: ``device``, ``config``, ``inputs``, ``epoch``, ``autocast()``,
@@ -62,7 +67,8 @@ The pieces
       ``torchrun``): call ``model(x)`` for every forward pass that needs gradients and :func:`unwrap` for
       attributes (centres, buffers). It runs under ``ctx.autocast()``: compute losses in float32.
     * Draw randomness from ``batch.generator`` (not the global RNGs), so a step depends only on
-      (seed, epoch, step) and the state.
+      (seed, epoch, step) and the state; draw per-sample numbers with :func:`draw_for_rows` and
+      ``batch.part``, so that ``torchrun`` with N processes computes what one process computes.
     * Everything kept between steps (neighbours, assignment memory, dual variables, counters) must come
       back from ``state_dict()`` as tensors / numbers / strings / lists / dicts (checkpoints load with
       ``weights_only=True``). A resume restarts at an epoch boundary and calls ``on_epoch_start`` for that
@@ -93,6 +99,7 @@ __all__ = [
     "InputSpec",
     "Batch",
     "EpochBatchSampler",
+    "draw_for_rows",
     "TrainContextProtocol",
     "TrainableMethod",
     "MethodBase",
@@ -255,12 +262,14 @@ class TrainInputs:
         return self.normalize(x) if self.normalize is not None else x
 
     def load_views(self, indices: np.ndarray, n_views: int, generator: torch.Generator,
-                   device: torch.device) -> list[torch.Tensor]:
+                   device: torch.device, part: tuple[int, int] | None = None) -> list[torch.Tensor]:
         """``n_views`` augmented views of the samples ``indices``, as model inputs on ``device``.
 
         Cached form: for each sample, step-view j is a cached view drawn with ``generator`` (from
-        ``view_groups[j]`` when given; otherwise distinct views per sample while V >= n_views). Images form:
-        view j is ``augment[j % len(augment)]`` of the images with ``generator``, then ``normalize``.
+        ``view_groups[j]`` when given; otherwise distinct views per sample while V >= n_views), for the whole
+        global batch when ``part`` (see :func:`draw_for_rows`) is given. Images form: view j is
+        ``augment[j % len(augment)]`` of the images with ``generator``, then ``normalize`` (drawn per
+        process: under torchrun the augmentations differ from a one-process run's).
         """
         indices = np.asarray(indices, dtype=np.int64)
         if self.images is not None:
@@ -275,10 +284,10 @@ class TrainInputs:
             choice = np.empty((b, n_views), dtype=np.int64)
             for j in range(n_views):
                 group = torch.as_tensor(self.view_groups[j % len(self.view_groups)])
-                pick = torch.randint(len(group), (b,), generator=generator)
+                pick = draw_for_rows(lambda m: torch.randint(len(group), (m,), generator=generator), b, part)
                 choice[:, j] = group[pick].numpy()
         else:
-            keys = torch.rand((b, v), generator=generator)
+            keys = draw_for_rows(lambda m: torch.rand((m, v), generator=generator), b, part)
             order = keys.argsort(dim=1).numpy()
             choice = order[:, [j % v for j in range(n_views)]]
         return [self._gather_views(indices, choice[:, j], device) for j in range(n_views)]
@@ -341,9 +350,25 @@ class Batch:
     step: int
     global_step: int
     generator: torch.Generator
+    part: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
+
+
+def draw_for_rows(draw: Callable[[int], torch.Tensor], n_rows: int, part: tuple[int, int] | None
+                  ) -> torch.Tensor:
+    """Per-sample random numbers for this process's ``n_rows`` rows of a global batch.
+
+    ``draw(m)`` must return m rows of random numbers from the step's generator. With ``part = (offset,
+    global_size)`` it is called for the whole global batch and rows ``offset:offset + n_rows`` are kept, so each
+    sample gets the same numbers on every process and in a one-process run (and the generators of all
+    processes stay in step). ``part=None``: this process holds the whole batch.
+    """
+    if part is None:
+        return draw(n_rows)
+    offset, global_size = part
+    return draw(global_size)[offset:offset + n_rows]
 
 
 class EpochBatchSampler:
@@ -374,10 +399,19 @@ class EpochBatchSampler:
         return np.random.default_rng(derive_seed(self.seed, 0x5A3F, int(epoch))).permutation(self.n)
 
     def batches(self, epoch: int) -> list[np.ndarray]:
+        """This process's indices of every batch of ``epoch``."""
+        return [indices for indices, _ in self.batches_with_parts(epoch)]
+
+    def batches_with_parts(self, epoch: int) -> list[tuple[np.ndarray, tuple[int, int]]]:
+        """This process's indices of every batch, each with ``(offset, global_size)``: where they lie in the
+        global batch (see :func:`draw_for_rows`)."""
         order = self.permutation(epoch)
-        out = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(len(self))]
-        if self.world_size > 1:
-            out = [np.array_split(b, self.world_size)[self.rank] for b in out]
+        out = []
+        for i in range(len(self)):
+            whole = order[i * self.batch_size:(i + 1) * self.batch_size]
+            pieces = np.array_split(whole, self.world_size)
+            offset = sum(len(p) for p in pieces[:self.rank])
+            out.append((pieces[self.rank], (offset, len(whole))))
         return out
 
 
@@ -394,8 +428,8 @@ class TrainContextProtocol(Protocol):
 
     def autocast(self) -> Any: ...
 
-    def load(self, indices: np.ndarray | torch.Tensor, generator: torch.Generator, n_views: int = 1
-             ) -> list[torch.Tensor]: ...
+    def load(self, indices: np.ndarray | torch.Tensor, generator: torch.Generator, n_views: int = 1,
+             part: tuple[int, int] | None = None) -> list[torch.Tensor]: ...
 
     def embed(self, fn: Callable[[torch.Tensor], torch.Tensor], batch_size: int | None = None) -> torch.Tensor: ...
 
@@ -529,7 +563,7 @@ def prepare_inputs(dataset: Any, backbone: Any, *, n_trainable_blocks: int = 0, 
                    on_the_fly: bool | None = None, cache_dir: str | Path | None = None, batch_size: int = 64,
                    num_workers: int | None = None, seed: int = 0, labels: np.ndarray | None = None,
                    reference_features: ArrayLike | None = None, neighbors: np.ndarray | None = None,
-                   cache_dtype: str = "float32", progress: bool = True) -> TrainInputs:
+                   cache_dtype: str = "float32", progress: bool = True, shard_size: int = 2048) -> TrainInputs:
     """Build :class:`TrainInputs` for a dataset of images (every image must decode; pass ``dataset.subset(valid)``).
 
     * ``n_trainable_blocks == 0`` (head mode): V views of backbone features, each computed once through
@@ -549,7 +583,7 @@ def prepare_inputs(dataset: Any, backbone: Any, *, n_trainable_blocks: int = 0, 
         augment: augmentation(s); default ``BatchAugment("simclr")``.
         device: where extraction (and training) runs.
         on_the_fly: images form instead of cached trunk activations (default: ``device`` is CUDA).
-        cache_dir, batch_size, num_workers, progress: passed to ``extract_features``.
+        cache_dir, batch_size, num_workers, progress, shard_size: passed to ``extract_features``.
         seed: seeds the cached views' augmentation.
         labels: (N,) true classes for the log.
         reference_features: (N, D) clean backbone features if already computed (else extracted).
@@ -564,7 +598,7 @@ def prepare_inputs(dataset: Any, backbone: Any, *, n_trainable_blocks: int = 0, 
     if on_the_fly is None:
         on_the_fly = device.type == "cuda" and n_trainable_blocks > 0
     common = dict(cache_dir=cache_dir, device=device, batch_size=batch_size, num_workers=num_workers,
-                  progress=progress)
+                  progress=progress, shard_size=shard_size)
 
     def valid_all(feature_set: Any, what: str) -> np.ndarray:
         if len(feature_set.valid_indices) != len(dataset):

@@ -25,8 +25,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ...distributed import differentiable_all_gather
 from ...errors import ImgclustError
-from ...train.protocol import Batch, InputSpec, MethodBase, TrainInputs, split_decay, unwrap
+from ...neighbors import APPROXIMATE_ABOVE, INDEXES
+from ...train.protocol import Batch, InputSpec, MethodBase, TrainInputs, draw_for_rows, split_decay, unwrap
 from ..base import Assignment, ClusterModel, FitContext, FitResult
 from .losses import augmentation_consistency_loss, min_centroid_distance_loss, mmd_loss, neighbor_loss
 from .model import ICBPLNet
@@ -56,6 +58,10 @@ class ICBPLConfig:
         remine_every: re-mine the neighbours on the current latents every R epochs (0 = never: keep the
             backbone-feature neighbours).
         neighbor_gradient: let the kNN loss move the neighbour too (default: the neighbour is a target).
+        neighbor_index: ``"auto"`` / ``"exact"`` / ``"ivf"`` / ``"hnsw"``: how neighbours are mined (see
+            :func:`imgclust.neighbors.nearest_neighbors`; auto = approximate past ``approximate_above`` rows on
+            the CPU, with the measured recall logged as ``neighbor_recall``).
+        approximate_above: row count past which ``neighbor_index="auto"`` searches approximately.
         kernel_mul, kernel_num: MMD bandwidth ratio and count (bw·{1/4, 1/2, 1, 2, 4}).
         encoder_lr_scale: learning rate of the fine-tuned backbone blocks relative to the head's.
     """
@@ -75,6 +81,8 @@ class ICBPLConfig:
     n_neighbors: int = 20
     remine_every: int = 0
     neighbor_gradient: bool = False
+    neighbor_index: str = "auto"
+    approximate_above: int | None = APPROXIMATE_ABOVE
     kernel_mul: float = 2.0
     kernel_num: int = 5
     encoder_lr_scale: float = 0.1
@@ -97,6 +105,8 @@ class ICBPLConfig:
         if self.n_neighbors < 1 or self.remine_every < 0:
             problems.append(f"need n_neighbors >= 1 and remine_every >= 0, got {self.n_neighbors}, "
                             f"{self.remine_every}")
+        if self.neighbor_index not in INDEXES:
+            problems.append(f"neighbor_index must be one of {', '.join(INDEXES)}, got {self.neighbor_index!r}")
         if self.kernel_num < 1 or self.kernel_mul <= 0:
             problems.append(f"need kernel_num >= 1 and kernel_mul > 0, got {self.kernel_num}, {self.kernel_mul}")
         if problems:
@@ -145,12 +155,15 @@ class ICBPL(MethodBase):
 
     # -- neighbours ----------------------------------------------------------------------------------------
     def _mine(self, features: torch.Tensor | np.ndarray, ctx: Any) -> torch.Tensor:
-        from ...neighbors import mine_neighbors
+        from ...neighbors import nearest_neighbors
 
         n = int(features.shape[0])
         k = min(self.config.n_neighbors, n - 1)
-        table = mine_neighbors(features, k)
-        return torch.as_tensor(np.asarray(table), dtype=torch.int64).cpu()
+        found = nearest_neighbors(features, k, index=self.config.neighbor_index,
+                                  approximate_above=self.config.approximate_above)
+        if found.search is not None and "recall_at_k" in found.search:
+            ctx.log(neighbor_recall=found.search["recall_at_k"])
+        return torch.as_tensor(found.indices, dtype=torch.int64).cpu()
 
     def _log_purity(self, ctx: Any) -> None:
         labels = ctx.inputs.labels
@@ -184,10 +197,11 @@ class ICBPL(MethodBase):
             self._log_purity(ctx)
         ctx.log(neighbors_mined_at=self.mined_at)
 
-    def _sample_neighbors(self, indices: torch.Tensor, generator: torch.Generator) -> np.ndarray:
+    def _sample_neighbors(self, indices: torch.Tensor, generator: torch.Generator,
+                          part: tuple[int, int] | None = None) -> np.ndarray:
         assert self.neighbors is not None, "on_epoch_start mines the neighbours before the first step"
         rows = self.neighbors[indices.cpu()]
-        pick = torch.randint(rows.shape[1], (rows.shape[0],), generator=generator)
+        pick = draw_for_rows(lambda m: torch.randint(rows.shape[1], (m,), generator=generator), rows.shape[0], part)
         return rows[torch.arange(rows.shape[0]), pick].numpy()
 
     # -- training ------------------------------------------------------------------------------------------
@@ -201,14 +215,18 @@ class ICBPL(MethodBase):
         out: dict[str, torch.Tensor] = {}
         loss = z.new_zeros(())
         if cfg.w_mmd > 0:
-            out["mmd"] = 0.5 * (mmd_loss(z1, centroids, cfg.kernel_mul, cfg.kernel_num)
-                                + mmd_loss(z2, centroids, cfg.kernel_mul, cfg.kernel_num))
+            # The MMD is a statistic of the whole batch: under torchrun it is computed on the gathered global
+            # batch (as one process would), not on each process's share.
+            g1, g2 = differentiable_all_gather(z1), differentiable_all_gather(z2)
+            out["mmd"] = 0.5 * (mmd_loss(g1, centroids, cfg.kernel_mul, cfg.kernel_num)
+                                + mmd_loss(g2, centroids, cfg.kernel_mul, cfg.kernel_num))
             loss = loss + cfg.w_mmd * out["mmd"]
         if cfg.w_aug > 0:
             out["aug"] = augmentation_consistency_loss(z1, z2)
             loss = loss + cfg.w_aug * out["aug"]
         if cfg.w_knn > 0:
-            xn = ctx.load(self._sample_neighbors(batch.indices, batch.generator), batch.generator)[0]
+            xn = ctx.load(self._sample_neighbors(batch.indices, batch.generator, batch.part), batch.generator,
+                          part=batch.part)[0]
             if cfg.neighbor_gradient:
                 zn = model(xn)
             else:
@@ -418,7 +436,8 @@ def fit_icbpl(context: FitContext) -> FitResult:
                                 device=context.device, on_the_fly=data["on_the_fly"], cache_dir=context.cache_dir,
                                 batch_size=context.batch_size, num_workers=context.num_workers, seed=context.seed,
                                 labels=context.labels, reference_features=features,
-                                cache_dtype=str(data["cache_dtype"]), progress=context.progress)
+                                cache_dtype=str(data["cache_dtype"]), progress=context.progress,
+                                shard_size=context.shard_size)
     method = ICBPL(icbpl_config)
     result = fit(method, inputs, train_config, device=context.device, run_dir=context.run_dir,
                  resume=context.resume)
