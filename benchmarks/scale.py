@@ -12,8 +12,9 @@ Data:
   case than real data (uniform random directions are the opposite extreme: see ``uniform``).
 * ``uniform``: uniformly random unit vectors, the worst case for any approximate index (no neighbourhood
   structure; the nearest neighbour is barely closer than a random row).
-* ``cifar10``: the real default-backbone features of all 60,000 CIFAR-10 images (1280-d), from the
-  benchmark feature cache (extracted on first use).
+* ``cifar10``: real default-backbone features (1280-d) of 20,000 CIFAR-10 images — the 10,000 training
+  images (1,000 per class) and the 10,000 test images of ``quality.py``, from the benchmark feature cache
+  (extracted on first use; all 60,000 are ``--cifar-train-per-class 5000``, hours on a CPU).
 
 Stages: ``knn-exact`` (faiss IndexFlatIP, chunked), ``knn-ivf`` and ``knn-hnsw`` (the library's approximate
 path: breadth raised until the recall@20 measured on 1,000 rows reaches the target), ``kmeans-exact`` (trained
@@ -78,9 +79,10 @@ def synthetic(kind: str, n: int, d: int, seed: int = 0) -> Path:
     return path
 
 
-def cifar10_features() -> Path:
-    """All 60,000 CIFAR-10 images through the default backbone (benchmark cache), as one float16 file."""
-    path = DATA_DIR / "cifar10-60000-1280.npy"
+def cifar10_features(train_per_class: int) -> Path:
+    """CIFAR-10 train (``train_per_class`` per class) + test images through the default backbone (benchmark
+    cache), as one float16 file."""
+    path = DATA_DIR / f"cifar10-{10 * train_per_class + 10_000}-1280.npy"
     if path.exists():
         return path
     from _common import require_cifar10
@@ -90,9 +92,9 @@ def cifar10_features() -> Path:
 
     root = require_cifar10()
     parts = []
-    for split in ("train", "test"):
+    for split, per_class in (("train", train_per_class), ("test", 1000)):
         clusterer = ImageClusterer(cache_dir=str(CACHE), num_workers=2)
-        features, _, _ = clusterer._encode(cifar10(root, split, 5000))
+        features, _, _ = clusterer.encode(cifar10(root, split, per_class))
         parts.append(np.asarray(features, dtype=np.float16))
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     np.save(path, np.concatenate(parts))
@@ -125,7 +127,8 @@ def measure(stage: str, path: Path, k_clusters: int, target_recall: float) -> di
 
 def run_child(stage: str, path: Path, k_clusters: int, target_recall: float) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", stage, str(path), str(k_clusters), str(target_recall)]
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    # PASSIVE: idle OpenMP threads sleep instead of spinning, which on a shared CPU slowed faiss 100x here.
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_WAIT_POLICY="PASSIVE")
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
@@ -190,7 +193,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--dims", default="384,1280")
-    parser.add_argument("--data", default="latent16,uniform,cifar10")
+    parser.add_argument("--data", default="cifar10,latent16,uniform")
     parser.add_argument("--stages", default="knn-exact,knn-ivf,knn-hnsw,kmeans-exact,kmeans-sampled")
     parser.add_argument("--clusters", default="10,1000")
     parser.add_argument("--target-recall", type=float, default=0.9)
@@ -198,19 +201,20 @@ def main() -> None:
     parser.add_argument("--hnsw-max", type=int, default=100_000)
     parser.add_argument("--exact-kmeans-max-work", type=float, default=4e11, help="largest N·K·D trained exactly")
     parser.add_argument("--uniform-sizes", default="100000", help="uniform data is measured at these N only")
+    parser.add_argument("--cifar-train-per-class", type=int, default=1000)
     parser.add_argument("--name", default="scale")
     args = parser.parse_args()
 
     cells: list[tuple[str, int, int]] = []
     for data in args.data.split(","):
         if data == "cifar10":
-            cells.append((data, 60_000, 1280))
+            cells.append((data, 10 * args.cifar_train_per_class + 10_000, 1280))
             continue
         sizes = args.uniform_sizes if data == "uniform" else args.sizes
         cells += [(data, int(n), int(d)) for n in sizes.split(",") for d in args.dims.split(",")]
     rows: list[dict[str, Any]] = []
     for data, n, d in cells:
-        path = cifar10_features() if data == "cifar10" else synthetic(data, n, d)
+        path = cifar10_features(args.cifar_train_per_class) if data == "cifar10" else synthetic(data, n, d)
         for stage in args.stages.split(","):
             for k in ([int(v) for v in args.clusters.split(",")] if stage.startswith("kmeans") else [0]):
                 if not planned(stage, n, d, k, args):
@@ -220,8 +224,10 @@ def main() -> None:
                 row = {"data": data, "N": n, "D": d, "stage": stage, "K": k or "", "load_avg": round(load, 1),
                        **{key: v for key, v in result.items() if key != "search"}}
                 if "search" in result and stage != "knn-exact":
-                    row["breadth"] = f"{result['search']['breadth_name']}={result['search']['breadth']}"
-                    row["index"] = result["search"]["index"]
+                    search = result["search"]
+                    row["breadth"] = f"{search['breadth_name']}={search['breadth']}" + (
+                        f", k_factor={search['k_factor']}" if "k_factor" in search else "")
+                    row["index"] = search["index"]
                 rows.append(row)
                 print(json.dumps(row), flush=True)
 

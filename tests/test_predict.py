@@ -71,3 +71,27 @@ def test_readable_errors(run: tuple[Path, Path, Path], tmp_path: Path, capsys: p
     assert "no saved model" in err and "fix:" in err
     assert main(["predict", str(out), str(tmp_path / "missing.jpg")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_from_scratch_secu_never_runs_the_backbone(run: tuple[Path, Path, Path], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # A ResNet trained from scratch needs the decoded images only: no backbone pass is spent on fitting (or
+    # on predicting), and the saved run reproduces its assignments.
+    import imgclust.features as features_module
+
+    photos, _, _ = run
+
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("the backbone was run for a from-scratch model")
+
+    monkeypatch.setattr(features_module, "extract_features", no_backbone)
+    clusterer = ImageClusterer(n_clusters=3, method="secu", num_workers=0, progress=False,
+                               method_options={"encoder": "resnet18_cifar", "epochs": 1, "batch_size": 16})
+    labels = clusterer.fit_predict(str(photos))
+    assert "decode" in clusterer.timings_ and "features" not in clusterer.timings_
+    assert (labels == -1).sum() == 1 and (labels >= 0).sum() == 30  # the broken file is skipped
+    clusterer.save(tmp_path / "scratch")
+    files = sorted(str(p) for p in photos.glob("*.jpg") if p.name != "broken.jpg")
+    valid = [i for i, item in enumerate(clusterer.items_) if item in files]
+    assert ImageClusterer.load(tmp_path / "scratch").predict(files).tolist() == \
+        [int(labels[i]) for i in sorted(valid, key=lambda i: clusterer.items_[i])]

@@ -19,7 +19,7 @@ from .data.base import EmbeddingDataset, ImageDataset
 from .errors import ImgclustError
 from .features import FeatureSet
 from .features.extract import DEFAULT_SHARD_SIZE
-from .methods import available_methods, fit_method, model_class
+from .methods import available_methods, fit_input, fit_method, model_class
 from .methods.base import Assignment, ClusterModel, FitContext
 
 _logger = logging.getLogger(__name__)
@@ -113,6 +113,9 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
             return np.asarray(dataset.features, dtype=np.float32), np.arange(len(dataset)), dataset
         from .features import decode_images, extract_features
 
+        if getattr(self, "device_", None) is None:  # encode() may come before fit()
+            self.device_ = resolve_device(self.device)
+
         if encoder.startswith("pixels-"):  # models trained from scratch on the images themselves
             from .backbones.base import Preprocess
 
@@ -148,8 +151,10 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         self.device_ = resolve_device(self.device)
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        features, valid, dataset = self.encode(X, labels=y)
-        timings["features"] = time.perf_counter() - started
+        # Backbone features, or for models trained from scratch only the decoded images.
+        encoder = fit_input(self.method, dict(self.method_options or {}))
+        features, valid, dataset = self.encode(X, encoder=encoder, labels=y)
+        timings["features" if encoder == "backbone" else "decode"] = time.perf_counter() - started
         n_total = len(dataset)
         if len(valid) < self.n_clusters:
             raise ImgclustError(
@@ -161,7 +166,7 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
             features=features, n_clusters=int(self.n_clusters), seed=int(self.random_state),
             device=self.device_,
             dataset=dataset.subset(valid) if isinstance(dataset, ImageDataset) else None,
-            backbone=self.backbone_ if isinstance(dataset, ImageDataset) else None,
+            backbone=self.backbone_ if isinstance(dataset, ImageDataset) and encoder == "backbone" else None,
             labels=None if true_labels is None else true_labels[valid],
             run_dir=Path(self.run_dir) if self.run_dir else None, resume=self.resume,
             cache_dir=Path(self.cache_dir) if self.cache_dir else None, batch_size=self.batch_size,

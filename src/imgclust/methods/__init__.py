@@ -8,7 +8,7 @@ To add a method, register it in :data:`METHODS`::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import ImgclustError
 from .base import ClusterModel, FitContext, FitResult
@@ -23,11 +23,15 @@ class Method:
         fit: fits on a :class:`FitContext` and returns a :class:`FitResult`.
         model: the :class:`ClusterModel` subclass ``fit`` returns; ``model.from_state`` reloads a saved one.
         summary: one line for ``imgclust methods``.
+        fit_input: what ``fit`` needs in ``FitContext.features`` for given options: ``"backbone"`` (clean
+            backbone features, the default) or ``"pixels-S"`` (the decoded images, uint8 (N, 3, S, S), for
+            models trained from scratch, so that no backbone pass is spent on them).
     """
 
     fit: Callable[[FitContext], FitResult]
     model: type[ClusterModel]
     summary: str
+    fit_input: Callable[[dict[str, Any]], str] = lambda options: "backbone"
 
 
 METHODS: dict[str, Method] = {
@@ -39,9 +43,10 @@ from .icbpl import ICBPLModel, fit_icbpl  # noqa: E402
 
 METHODS["icbpl"] = Method(fit=fit_icbpl, model=ICBPLModel, summary="ICBPL: latents pulled to fixed PEDCC centroids")
 
-from .secu import SeCuClusterModel, fit_secu  # noqa: E402
+from .secu import SeCuClusterModel, fit_secu, secu_fit_input  # noqa: E402
 
-METHODS["secu"] = Method(fit=fit_secu, model=SeCuClusterModel, summary="SeCu: stable cluster discrimination with multiple heads and size/entropy constraints")
+METHODS["secu"] = Method(fit=fit_secu, model=SeCuClusterModel, fit_input=secu_fit_input,
+                         summary="SeCu: stable cluster discrimination with multiple heads and size/entropy constraints")
 
 
 def available_methods() -> list[str]:
@@ -60,6 +65,11 @@ def get_method(name: str) -> Method:
 def fit_method(name: str, context: FitContext) -> FitResult:
     """Fit method ``name`` on ``context``."""
     return get_method(name).fit(context)
+
+
+def fit_input(name: str, options: dict[str, Any]) -> str:
+    """What method ``name`` fits on with ``options``: ``"backbone"`` or ``"pixels-S"`` (see :class:`Method`)."""
+    return get_method(name).fit_input(options)
 
 
 def model_class(name: str) -> type[ClusterModel]:

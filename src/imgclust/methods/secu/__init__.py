@@ -14,6 +14,7 @@ from .method import (
     SeCuConfig,
     build_secu_net,
     fit_secu,
+    secu_fit_input,
     secu_views,
 )
 from .model import SeCuModel, projection_mlp
@@ -28,6 +29,7 @@ __all__ = [
     "SeCuState",
     "SeCuAugment",
     "secu_views",
+    "secu_fit_input",
     "fit_secu",
     "build_secu_net",
     "projection_mlp",

@@ -617,13 +617,20 @@ def _view_groups(n_views: int) -> list[list[int]] | None:
     return [list(range(0, n_views, 2)), list(range(1, n_views, 2))]
 
 
+def secu_fit_input(options: dict[str, Any]) -> str:
+    """``"pixels-S"`` for the from-scratch ResNets (they never need backbone features), else ``"backbone"``."""
+    encoder = str(options.get("encoder", _DATA_OPTIONS["encoder"]))
+    if encoder in RESNETS:
+        return f"pixels-{int(options.get('image_size') or ENCODERS[encoder][0])}"
+    return "backbone"
+
+
 def build_inputs(context: FitContext, opts: _Options) -> tuple[TrainInputs, nn.Module | None, nn.Module | None]:
     """Training inputs for ``context`` and, for the from-scratch ResNets, (encoder, input transform)."""
     from ...train.protocol import decode_images, prepare_inputs
 
     data = opts.data
     encoder_name = str(data["encoder"])
-    features = np.asarray(context.features, dtype=np.float32)
     if encoder_name in RESNETS:
         if context.dataset is None:
             raise ImgclustError(f"encoder={encoder_name} trains on images, but the input is embeddings",
@@ -632,13 +639,17 @@ def build_inputs(context: FitContext, opts: _Options) -> tuple[TrainInputs, nn.M
 
         size = int(data["image_size"] or ENCODERS[encoder_name][0])
         mean, std = NORMALIZATIONS[data["normalization"] or ENCODERS[encoder_name][1]]
-        images = decode_images(context.dataset, Preprocess(input_size=size, mean=mean, std=std),
-                               num_workers=context.num_workers, progress=context.progress)
+        given = np.asarray(context.features)
+        if given.ndim == 4 and given.dtype == np.uint8 and given.shape[1:] == (3, size, size):
+            images = torch.from_numpy(given)  # decoded by the estimator (secu_fit_input)
+        else:
+            images = decode_images(context.dataset, Preprocess(input_size=size, mean=mean, std=std),
+                                   num_workers=context.num_workers, progress=context.progress)
         encoder = RESNETS[encoder_name]()
         inputs = TrainInputs(images=images, augment=secu_views(float(data["min_crop"])), normalize=None,
-                             encoder=None, feature_dim=encoder.feature_dim, labels=context.labels,
-                             reference_features=features if len(features) == len(images) else None)
+                             encoder=None, feature_dim=encoder.feature_dim, labels=context.labels)
         return inputs, encoder, Normalize(mean, std)
+    features = np.asarray(context.features, dtype=np.float32)
     blocks = int(data["trainable_blocks"])
     if context.dataset is None or context.backbone is None:
         if blocks > 0:
