@@ -1,4 +1,13 @@
-"""Features of the labelled sets with a known K used by ``k_estimation.py`` (cached under benchmarks/cache/)."""
+"""Features of the labelled sets with a known K used by ``k_estimation.py`` (cached under benchmarks/cache/).
+
+Two disjoint groups:
+
+- ``SETS``, the **evaluation** sets of the issue (CIFAR-10 *test* and its 3- and 5-class subsets, Fashion-MNIST
+  *test*, digits): only ever scored with the setting chosen on the development sets, never used to choose it.
+- ``DEV_SETS``, the **development** sets on which the criterion and its hyper-parameters are chosen: class
+  subsets of CIFAR-10 *train* and Fashion-MNIST *train* (other images than the evaluation sets) with K = 2, 4,
+  6, 7 and 8 classes (never 3, 5 or 10, the evaluation K), two class draws per K, fixed by a seeded generator.
+"""
 
 from __future__ import annotations
 
@@ -52,6 +61,19 @@ def cifar_subset(n_classes: int) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
     return load
 
 
+def cifar10_train(per_class: int = PER_CLASS) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``per_class`` images (sorted file names) of every class of the CIFAR-10 *train* split."""
+    from imgclust.data import PathListDataset
+
+    root = require_cifar10()
+    paths, labels = [], []
+    for c, name in enumerate(CIFAR_CLASSES):
+        files = sorted((root / "train" / name).glob("*.jpg"))[:per_class]
+        paths += [str(p) for p in files]
+        labels += [c] * len(files)
+    return _extract(PathListDataset(paths)), np.asarray(labels)
+
+
 def builtin(spec: str, per_class: int | None = PER_CLASS) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
     def load() -> tuple[np.ndarray, np.ndarray]:
         from imgclust.data import load_source
@@ -74,11 +96,41 @@ SETS: dict[str, tuple[int, Callable[[], tuple[np.ndarray, np.ndarray]]]] = {
 }
 
 
+DEV_K = (2, 4, 6, 7, 8)
+DEV_DRAWS = 2
+
+
+def class_subset(load_all_classes: Callable[[], tuple[np.ndarray, np.ndarray]], classes: list[int]
+                 ) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+    def load() -> tuple[np.ndarray, np.ndarray]:
+        x, y = load_all_classes()
+        keep = np.isin(y, classes)
+        return x[keep], np.unique(y[keep], return_inverse=True)[1]
+    return load
+
+
+def _dev_sets() -> dict[str, tuple[int, Callable[[], tuple[np.ndarray, np.ndarray]]]]:
+    domains = {"cifar10-train": cifar10_train, "fashion-train": builtin("builtin:fashion-mnist:train")}
+    sets = {}
+    for domain_index, (domain, load_all_classes) in enumerate(domains.items()):
+        rng = np.random.default_rng([2024, domain_index])  # fixed before any result was seen
+        for k in DEV_K:
+            for _ in range(DEV_DRAWS):
+                classes = sorted(int(c) for c in rng.choice(10, k, replace=False))
+                name = f"{domain}-{k}:{''.join(map(str, classes))}"
+                sets[name] = (k, class_subset(load_all_classes, classes))
+    return sets
+
+
+DEV_SETS = _dev_sets()
+
+
 def load_all() -> dict[str, tuple[int, np.ndarray, np.ndarray]]:
     return {name: (k, *load()) for name, (k, load) in SETS.items()}
 
 
 if __name__ == "__main__":
     import time
-    for name, (k, x, y) in load_all().items():
+    for name, (k, load) in {**SETS, **DEV_SETS}.items():
+        x, y = load()
         print(name, k, x.shape, np.bincount(y), time.strftime("%X"))

@@ -1,58 +1,78 @@
 """How well does ``imgclust cluster`` without ``-k`` find the true number of classes?
 
-Five labelled sets with a known K, features from the default backbone (efficientnet_lite0, cached under
-benchmarks/cache/): CIFAR-10 test (300 per class, 3,000 images), its first 3 and first 5 classes in alphabetical
-order (900 / 1,500 images), Fashion-MNIST test (300 per class, 3,000) and scikit-learn's digits (all 1,797).
-Every criterion of ``imgclust.kselect`` is computed over K = 2..30 on each set, with seeds 0, 1, 2 (the table
-shows the K chosen with seed 0 and, in brackets, the range over the seeds); the labels are used only to score
-the estimate. "default s" is the time of the default estimate alone (what `imgclust cluster` without -k adds).
-Prints a table and writes benchmarks/results/k_estimation.json.
+Two parts, on two disjoint groups of labelled sets (``_kfeatures.py``; features from the default backbone
+efficientnet_lite0, cached under benchmarks/cache/):
 
-    .venv/bin/python benchmarks/k_estimation.py [--k-range 2:30] [--sets cifar10-3,digits] [--seeds 0,1,2]
+- ``dev``: the **development** sets — class subsets (K = 2, 4, 6, 7, 8; two class draws each) of CIFAR-10
+  *train* and Fashion-MNIST *train*, 300 images per class. Every criterion of ``imgclust.kselect`` with its
+  defaults, and a grid of graph sizes × resolutions of the ``modularity`` criterion (the same k-means runs as
+  ``estimate_k``, scored on each graph). The default setting of ``imgclust.kselect`` was chosen here.
+- ``eval``: the **evaluation** sets of the issue — CIFAR-10 *test* (300 per class, 3,000 images), its first 3
+  and first 5 classes in alphabetical order (900 / 1,500), Fashion-MNIST *test* (300 per class, 3,000) and
+  scikit-learn's digits (all 1,797) — scored with the chosen defaults only (nothing is tuned on them).
+
+Each part repeats the estimate with seeds 0, 1, 2 over K = 2..30; labels are used only to score the estimate.
+"default s" is the time of the default estimate alone (what `imgclust cluster` without -k adds). Prints the
+tables and writes its part into benchmarks/results/k_estimation.json (keeping the other part).
+
+    .venv/bin/python benchmarks/k_estimation.py dev|eval [--k-range 2:30] [--sets a,b] [--seeds 0,1,2]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_table, save_result  # noqa: E402
-from _kfeatures import SETS  # noqa: E402
+from _common import RESULTS, git_commit, print_table, save_result  # noqa: E402
+from _kfeatures import DEV_SETS, SETS  # noqa: E402
 
-from imgclust.kselect import CRITERIA, DEFAULT_CRITERION, estimate_k  # noqa: E402
+from imgclust.kselect import (CRITERIA, DEFAULT_CRITERION, DEFAULT_N_NEIGHBORS, DEFAULT_RESOLUTION,  # noqa: E402
+                              estimate_k, graph_neighbors, kmeans_runs, modularity, parse_k_range,
+                              single_threaded)
+from imgclust.neighbors import nearest_neighbors, normalize_features  # noqa: E402
+
+GRID_NEIGHBORS = (10, 30, 40, 50, 60, 80)
+GRID_RESOLUTIONS = tuple(round(v, 2) for v in np.arange(0.6, 1.201, 0.05))
+
+Sets = dict[str, tuple[int, Callable[[], tuple[np.ndarray, np.ndarray]]]]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--k-range", default="2:30")
-    parser.add_argument("--sets", default=",".join(SETS))
-    parser.add_argument("--seeds", default="0,1,2", help="estimate repeated with each seed (spread reported)")
-    args = parser.parse_args()
-    seeds = [int(v) for v in args.seeds.split(",")]
+def score(choices: dict[str, list[int]], true_k: dict[str, int], n_seeds: int) -> dict[str, object]:
+    """Exact and within-±20 % counts per seed and mean |log(K̂/K)| of ``choices`` (set → K per seed)."""
+    exact = [sum(choices[s][i] == true_k[s] for s in choices) for i in range(n_seeds)]
+    within = [sum(abs(choices[s][i] - true_k[s]) <= 0.2 * true_k[s] for s in choices) for i in range(n_seeds)]
+    log_error = float(np.mean([abs(np.log(k / true_k[s])) for s in choices for k in choices[s]]))
+    return {"exact_per_seed": exact, "within_20pct_per_seed": within, "mean_abs_log_ratio": round(log_error, 3),
+            "n_sets": len(choices)}
 
+
+def compare_criteria(sets: Sets, seeds: list[int], k_range: str) -> tuple[list[dict], dict, dict]:
+    """Every criterion with the defaults on every set and seed: table rows, per-set details, summary."""
     rows, details = [], {}
     choices: dict[str, dict[str, list[int]]] = {}
-    for name in args.sets.split(","):
-        true_k, load = SETS[name]
+    for name, (true_k, load) in sets.items():
         started = time.perf_counter()
         x, y = load()
         feature_seconds = time.perf_counter() - started
         choices[name] = {c: [] for c in CRITERIA}
         runs = []
         for seed in seeds:
-            sel = estimate_k(x, k_range=args.k_range, criterion=DEFAULT_CRITERION, seed=seed,
+            sel = estimate_k(x, k_range=k_range, criterion=DEFAULT_CRITERION, seed=seed,
                              extra_criteria="all", progress=True)
             for criterion in CRITERIA:
                 choices[name][criterion].append(sel.choice(criterion))
             runs.append(sel.to_dict())
             print(f"{name} seed {seed}: true K={true_k}  "
                   + "  ".join(f"{c}={sel.choice(c)}" for c in CRITERIA) + f"  ({sel.seconds:.1f} s)", flush=True)
-        default_only = estimate_k(x, k_range=args.k_range, seed=seeds[0])  # what `imgclust cluster` runs
+        default_only = estimate_k(x, k_range=k_range, seed=seeds[0])  # what `imgclust cluster` runs
+        assert default_only.k == choices[name][DEFAULT_CRITERION][0]
         row = {"set": name, "images": len(y), "true K": true_k}
         for criterion in CRITERIA:
             got = choices[name][criterion]
@@ -62,26 +82,102 @@ def main() -> None:
         details[name] = {"true_k": true_k, "n_images": int(len(y)), "feature_seconds": round(feature_seconds, 1),
                          "choices_per_seed": choices[name], "seeds": seeds,
                          "default_criterion_seconds": round(default_only.seconds, 2), "runs": runs}
-
-    summary = {}
-    n_sets = len(rows)
-    for criterion in CRITERIA:
-        per_seed_exact = [sum(choices[s][criterion][i] == SETS[s][0] for s in choices) for i in range(len(seeds))]
-        per_seed_within = [sum(abs(choices[s][criterion][i] - SETS[s][0]) <= 0.2 * SETS[s][0] for s in choices)
-                           for i in range(len(seeds))]
-        log_error = float(np.mean([abs(np.log(k / SETS[s][0])) for s in choices for k in choices[s][criterion]]))
-        summary[criterion] = {"exact_per_seed": per_seed_exact, "within_20pct_per_seed": per_seed_within,
-                              "mean_abs_log_ratio": round(log_error, 3), "n_sets": n_sets}
+    true_k = {name: sets[name][0] for name in choices}
+    summary = {c: score({s: choices[s][c] for s in choices}, true_k, len(seeds)) for c in CRITERIA}
     rows.append({"set": "exact (per seed)", **{c: "/".join(map(str, summary[c]["exact_per_seed"])) for c in CRITERIA}})
     rows.append({"set": "within ±20 % (per seed)",
                  **{c: "/".join(map(str, summary[c]["within_20pct_per_seed"])) for c in CRITERIA}})
     rows.append({"set": "mean \\|log(K̂/K)\\| (all seeds)",
                  **{c: f"{summary[c]['mean_abs_log_ratio']:.2f}" for c in CRITERIA}})
+    return rows, details, summary
+
+
+def modularity_grid(sets: Sets, seeds: list[int], k_range: str) -> dict[str, dict]:
+    """The K the ``modularity`` criterion chooses for every (neighbours, resolution) of the grid.
+
+    The k-means runs are those of ``estimate_k`` (same seeds, ``kmeans_runs``); only the graph and γ vary, so
+    a cell equals ``estimate_k(x, n_neighbors=…, resolution=…)`` without re-running k-means per cell.
+    """
+    low, high = parse_k_range(k_range)
+    choices: dict[tuple[int, float], dict[str, list[int]]] = {}
+    for name, (true_k, load) in sets.items():
+        x = normalize_features(load()[0])
+        ks = list(range(low, min(high, x.shape[0] // 3) + 1))
+        with single_threaded():
+            graph = nearest_neighbors(x, graph_neighbors(max(GRID_NEIGHBORS), len(x))).indices
+            for seed in seeds:
+                curves = np.zeros((len(GRID_NEIGHBORS), len(GRID_RESOLUTIONS), len(ks)))
+                for i, k in enumerate(ks):
+                    labels = [run.labels for run in kmeans_runs(x, k, seed, n_runs=5, n_init=1)]
+                    for a, n_neighbors in enumerate(GRID_NEIGHBORS):
+                        g = graph[:, :graph_neighbors(n_neighbors, len(x))]
+                        for b, resolution in enumerate(GRID_RESOLUTIONS):
+                            curves[a, b, i] = np.mean([modularity(g, lab, resolution) for lab in labels])
+                for a, n_neighbors in enumerate(GRID_NEIGHBORS):
+                    for b, resolution in enumerate(GRID_RESOLUTIONS):
+                        cell = choices.setdefault((n_neighbors, resolution), {})
+                        cell.setdefault(name, []).append(ks[int(np.argmax(curves[a, b]))])
+        print(f"grid: {name} done", flush=True)
+    true_k = {name: sets[name][0] for name in sets}
+    return {f"{n_neighbors}/{resolution}": {"n_neighbors": n_neighbors, "resolution": resolution,
+                                           "choices_per_seed": cell, **score(cell, true_k, len(seeds))}
+            for (n_neighbors, resolution), cell in choices.items()}
+
+
+def grid_tables(grid: dict[str, dict]) -> str:
+    """Two markdown tables (neighbours × resolution): mean |log(K̂/K)|, then within-±20 % / exact totals."""
+    header = "| neighbours | " + " | ".join(f"γ={r:g}" for r in GRID_RESOLUTIONS) + " |"
+    rule = "|---" * (len(GRID_RESOLUTIONS) + 1) + "|"
+    tables = []
+    for what in ("log", "counts"):
+        lines = [header, rule]
+        for n_neighbors in GRID_NEIGHBORS:
+            cells = []
+            for resolution in GRID_RESOLUTIONS:
+                c = grid[f"{n_neighbors}/{resolution}"]
+                cells.append(f"{c['mean_abs_log_ratio']:.2f}" if what == "log" else
+                             f"{sum(c['within_20pct_per_seed'])}/{sum(c['exact_per_seed'])}")
+            lines.append(f"| {n_neighbors} | " + " | ".join(cells) + " |")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", choices=("dev", "eval"))
+    parser.add_argument("--k-range", default="2:30")
+    parser.add_argument("--sets", default=None, help="comma-separated subset of the part's sets")
+    parser.add_argument("--seeds", default="0,1,2", help="estimate repeated with each seed (spread reported)")
+    args = parser.parse_args()
+    seeds = [int(v) for v in args.seeds.split(",")]
+    all_sets = DEV_SETS if args.part == "dev" else SETS
+    sets = {name: all_sets[name] for name in (args.sets.split(",") if args.sets else all_sets)}
+
+    rows, details, summary = compare_criteria(sets, seeds, args.k_range)
     print()
     table = print_table(rows, ["set", "images", "true K", *CRITERIA, "default s"])
-    path = save_result("k_estimation", {"k_range": args.k_range, "default_criterion": DEFAULT_CRITERION,
-                                        "backbone": "efficientnet_lite0", "seeds": seeds, "summary": summary,
-                                        "table_markdown": table, "sets": details})
+    part = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": git_commit(), "k_range": args.k_range,
+            "seeds": seeds, "summary": summary, "table_markdown": table, "sets": details}
+    if args.part == "dev":
+        part["modularity_grid"] = modularity_grid(sets, seeds, args.k_range)
+        part["modularity_grid_markdown"] = grid_tables(part["modularity_grid"])
+        print("\nmodularity: mean |log(K̂/K)|, then within ±20 % / exact (summed over sets and seeds)\n")
+        print(part["modularity_grid_markdown"])
+        default_cell = part["modularity_grid"].get(f"{DEFAULT_N_NEIGHBORS}/{DEFAULT_RESOLUTION}")
+        if default_cell and DEFAULT_CRITERION == "modularity":  # the grid must reproduce estimate_k
+            same = all(default_cell["choices_per_seed"][s] == details[s]["choices_per_seed"]["modularity"]
+                       for s in details)
+            print(f"grid cell of the default reproduces estimate_k: {same}")
+            part["grid_reproduces_estimate_k"] = same
+
+    previous = RESULTS / "k_estimation.json"
+    kept = json.loads(previous.read_text()) if previous.exists() else {}
+    parts = {key: kept[key] for key in ("dev", "evaluation") if key in kept}
+    parts["evaluation" if args.part == "eval" else "dev"] = part
+    path = save_result("k_estimation", {
+        "default": {"criterion": DEFAULT_CRITERION, "n_neighbors": DEFAULT_N_NEIGHBORS,
+                    "resolution": DEFAULT_RESOLUTION},
+        "backbone": "efficientnet_lite0", **parts})
     print(f"\nwritten {path}")
 
 
