@@ -40,13 +40,14 @@ def _stratified(labels: np.ndarray, per_class: int) -> np.ndarray:
     return np.sort(keep)
 
 
-def cifar10(per_class: int = PER_CLASS) -> tuple[np.ndarray, np.ndarray]:
+def cifar10(per_class: int = PER_CLASS, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """The first ``per_class`` images (sorted file names) of every class of a CIFAR-10 split."""
     from imgclust.data import PathListDataset
 
     root = require_cifar10()
     paths, labels = [], []
     for c, name in enumerate(CIFAR_CLASSES):
-        files = sorted((root / "test" / name).glob("*.jpg"))[:per_class]
+        files = sorted((root / split / name).glob("*.jpg"))[:per_class]
         paths += [str(p) for p in files]
         labels += [c] * len(files)
     return _extract(PathListDataset(paths)), np.asarray(labels)
@@ -62,16 +63,8 @@ def cifar_subset(n_classes: int) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
 
 
 def cifar10_train(per_class: int = PER_CLASS) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``per_class`` images (sorted file names) of every class of the CIFAR-10 *train* split."""
-    from imgclust.data import PathListDataset
-
-    root = require_cifar10()
-    paths, labels = [], []
-    for c, name in enumerate(CIFAR_CLASSES):
-        files = sorted((root / "train" / name).glob("*.jpg"))[:per_class]
-        paths += [str(p) for p in files]
-        labels += [c] * len(files)
-    return _extract(PathListDataset(paths)), np.asarray(labels)
+    """The first ``per_class`` images of every class of the CIFAR-10 *train* split (development sets)."""
+    return cifar10(per_class, split="train")
 
 
 def builtin(spec: str, per_class: int | None = PER_CLASS) -> Callable[[], tuple[np.ndarray, np.ndarray]]:

@@ -59,9 +59,7 @@ def atomic_path(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]
 def _place_new(tmp: Path, path: Path) -> None:
     """Give the finished ``tmp`` the name ``path`` unless that name is taken (then FileExistsError)."""
     try:
-        os.link(tmp, path)  # atomic, and never replaces an existing file
-    except FileExistsError:
-        raise
+        os.link(tmp, path)  # atomic, and never replaces an existing file (FileExistsError then)
     except OSError as err:
         if err.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
             raise
