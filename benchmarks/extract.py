@@ -3,7 +3,9 @@
 Measures, in one run and interleaved (bare, full, bare, full, …) so machine noise hits both alike:
   * full: decode + preprocess (DataLoader workers) + normalise + forward, through ``extract_features``;
   * bare: normalise + forward on tensors decoded beforehand;
-and reports images/s of each (median over repeats) and their ratio (target ≥ 0.85).
+  * bare, contiguous (NCHW) input: what extraction did before it switched to channels-last input;
+and reports images/s of each (median over repeats), the ratio full / bare (target ≥ 0.85) and the channels-last
+speed-up.
 
     .venv/bin/python benchmarks/extract.py [--images 1024] [--repeats 3] [--batch-size 64]
 """
@@ -48,12 +50,12 @@ def main() -> None:
     mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
 
-    def bare() -> float:
+    def bare(memory_format: torch.memory_format = torch.channels_last) -> float:
         started = time.perf_counter()
         with torch.inference_mode():
             for start in range(0, len(decoded), args.batch_size):
                 x = decoded[start:start + args.batch_size].to(device).float().div_(255)
-                backbone((x - mean) / std).cpu()
+                backbone(((x - mean) / std).contiguous(memory_format=memory_format)).cpu()
         return len(decoded) / (time.perf_counter() - started)
 
     def full() -> float:
@@ -64,20 +66,25 @@ def main() -> None:
             return len(dataset) / (time.perf_counter() - started)
 
     bare()  # warm-up: first forward passes allocate and pick kernels
-    bare_rates, full_rates = [], []
+    bare_rates, full_rates, nchw_rates = [], [], []
     for _ in range(args.repeats):
         bare_rates.append(bare())
         full_rates.append(full())
+        nchw_rates.append(bare(torch.contiguous_format))
     bare_rate, full_rate = statistics.median(bare_rates), statistics.median(full_rates)
-    rows = [{"stage": "bare forward (pre-decoded tensors)", "images_per_s": bare_rate},
+    nchw_rate = statistics.median(nchw_rates)
+    rows = [{"stage": "bare forward (pre-decoded tensors, channels-last)", "images_per_s": bare_rate},
             {"stage": "full extraction (decode+preprocess+forward)", "images_per_s": full_rate},
-            {"stage": "ratio full / bare (target ≥ 0.85)", "images_per_s": full_rate / bare_rate}]
+            {"stage": "ratio full / bare (target ≥ 0.85)", "images_per_s": full_rate / bare_rate},
+            {"stage": "bare forward, contiguous NCHW input (before)", "images_per_s": nchw_rate},
+            {"stage": "speed-up channels-last / NCHW", "images_per_s": bare_rate / nchw_rate}]
     table = print_table(rows, ["stage", "images_per_s"])
     path = save_result("extract", {
         "backbone": args.backbone, "images": len(dataset), "batch_size": args.batch_size,
         "workers": args.workers, "device": args.device, "input_size": pre.input_size,
         "bare_images_per_s": bare_rate, "full_images_per_s": full_rate, "ratio": full_rate / bare_rate,
-        "bare_runs": bare_rates, "full_runs": full_rates, "table": table})
+        "nchw_images_per_s": nchw_rate, "channels_last_speedup": bare_rate / nchw_rate,
+        "bare_runs": bare_rates, "full_runs": full_rates, "nchw_runs": nchw_rates, "table": table})
     print(f"wrote {path}")
 
 
