@@ -44,6 +44,10 @@ RECALL_SAMPLE = 1000
 _ROW_BLOCK = 65536
 # Candidates re-ranked exactly per wanted neighbour in the IVF index.
 _REFINE_FACTOR = 4
+# Queries per approximate search call: fast-scan IVF builds a lookup table per (query, scanned list), so big
+# calls cost memory and cache misses (100,000 x 384 at nprobe=64: 4,096 queries per call searched in 7.1 s at
+# 1.52 GiB peak RSS, 65,536 per call in 10.7 s at 1.87 GiB).
+_SEARCH_BLOCK = 4096
 
 _logger = logging.getLogger(__name__)
 
@@ -316,8 +320,8 @@ def _approximate_search(faiss: ModuleType, features: np.ndarray, k: int, kind: s
     tuned = time.perf_counter()
     indices = np.empty((n, k), dtype=np.int64)
     similarities = np.empty((n, k), dtype=np.float32)
-    for start in range(0, n, _ROW_BLOCK):
-        stop = min(start + _ROW_BLOCK, n)
+    for start in range(0, n, _SEARCH_BLOCK):
+        stop = min(start + _SEARCH_BLOCK, n)
         rows = np.arange(start, stop)
         similarities[start:stop], indices[start:stop] = _search_rows(
             index, normalize_block(features, start, stop), rows, k, exclude_self)

@@ -384,7 +384,7 @@ class ICBPLModel(ClusterModel):
 # Options of the registry entry point, besides ICBPLConfig's and TrainConfig's fields.
 _DATA_OPTIONS = {
     "trainable_blocks": 0,   # backbone blocks fine-tuned (0 = head mode on frozen features)
-    "n_views": 4,            # augmented views cached (cached forms)
+    "n_views": 4,            # augmented views cached (cached forms); 0 in head mode: the clean features only
     "augment": "simclr",     # BatchAugment recipe of the views
     "on_the_fly": None,      # images form (default: on CUDA when fine-tuning)
     "cache_dtype": "float32",
@@ -414,9 +414,10 @@ def _split_options(options: dict[str, Any], n_clusters: int, seed: int
 def fit_icbpl(context: FitContext) -> FitResult:
     """Registry entry point: train ICBPL on ``context`` (options: ICBPLConfig, TrainConfig and data fields).
 
-    Head mode (``trainable_blocks=0``) trains on cached features of ``n_views`` augmented views (or, for
-    bring-your-own embeddings, on the embeddings themselves: no augmentation exists). Fine-tuning caches the
-    trunk activations of the views on the CPU, or augments images per step on CUDA.
+    Head mode (``trainable_blocks=0``) trains on cached features of ``n_views`` augmented views, or with
+    ``n_views=0`` (and for bring-your-own embeddings, where no augmentation exists) on the clean features
+    themselves: no backbone pass beyond the clean one, and the augmentation term is then zero. Fine-tuning
+    caches the trunk activations of the views on the CPU, or augments images per step on CUDA.
     """
     from ...augment import BatchAugment
     from ...train.loop import fit
@@ -424,15 +425,19 @@ def fit_icbpl(context: FitContext) -> FitResult:
 
     icbpl_config, train_config, data = _split_options(dict(context.options), context.n_clusters, context.seed)
     blocks = int(data["trainable_blocks"])
+    n_views = int(data["n_views"])
+    if n_views < 0 or (n_views == 0 and blocks > 0):
+        raise ImgclustError(f"n_views={n_views} is not possible with trainable_blocks={blocks}",
+                            "use n_views >= 1 (fine-tuning needs augmented views), or n_views=0 in head mode")
     features = np.asarray(context.features, dtype=np.float32)
-    if context.dataset is None or context.backbone is None:
+    if context.dataset is None or context.backbone is None or (blocks == 0 and n_views == 0):
         if blocks > 0:
             raise ImgclustError("fine-tuning (trainable_blocks > 0) needs images, but the input is embeddings",
                                 "use trainable_blocks=0 with embeddings")
         inputs = TrainInputs.from_features(features, labels=context.labels)
     else:
         inputs = prepare_inputs(context.dataset, context.backbone, n_trainable_blocks=blocks,
-                                n_views=int(data["n_views"]), augment=BatchAugment(str(data["augment"])),
+                                n_views=n_views, augment=BatchAugment(str(data["augment"])),
                                 device=context.device, on_the_fly=data["on_the_fly"], cache_dir=context.cache_dir,
                                 batch_size=context.batch_size, num_workers=context.num_workers, seed=context.seed,
                                 labels=context.labels, reference_features=features,
