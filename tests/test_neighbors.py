@@ -212,9 +212,24 @@ def test_approximate_index_reaches_the_target_recall_on_real_images(cifar10_dir,
     assert true_recall >= 0.85 and abs(true_recall - search["recall_at_k"]) < 0.05  # the sample is honest
     assert not (approx.indices == np.arange(len(x))[:, None]).any()
     assert np.all(np.diff(approx.similarities, axis=1) <= 1e-6)
-    # A higher target needs a breadth at least as large.
+    # A higher target needs a breadth at least as costly (IVF: later in the cost order of (nprobe, k_factor)).
     stricter = nearest_neighbors(x, 10, index=kind, target_recall=0.99, recall_sample=300)
-    assert stricter.search["breadth"] >= search["breadth"] and stricter.search["recall_at_k"] >= 0.99
+    assert stricter.search["recall_at_k"] >= 0.99
+    if kind == "hnsw":
+        assert stricter.search["breadth"] >= search["breadth"]
+    else:
+        order = neighbors_module._ivf_breadths(len(x), 38, 10)
+        assert order.index((stricter.search["breadth"], stricter.search["k_factor"])) >= order.index(
+            (search["breadth"], search["k_factor"]))
+
+
+def test_ivf_breadths_are_ordered_by_search_cost():
+    order = neighbors_module._ivf_breadths(1_000_000, 4000, 20)
+    assert len(order) == len(set(order)) == len(neighbors_module._geometric(1, 4000)) * 5
+    cost = [p * 250 + neighbors_module._REFINE_TO_SCAN_COST * 20 * f for p, f in order]
+    assert cost == sorted(cost) and order[0] == (1, 4) and order[-1] == (4000, 64)
+    # At a million rows more re-ranking is cheaper than scanning every list: (128, 8) comes long before (4000, 4).
+    assert order.index((128, 8)) < order.index((4000, 4))
 
 
 @needs_faiss
