@@ -453,11 +453,15 @@ def test_min_loss_warmup_is_a_function_of_the_step() -> None:
     assert ICBPL(ICBPLConfig(w_min=0.5)).min_weight(0, 10) == 0.5
 
 
-def test_head_mode_without_views_runs_no_extra_backbone_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                                             ) -> None:
-    """n_views=0: ICBPL's head trains on the clean features alone; no augmented view is ever extracted."""
+@pytest.mark.parametrize("method", ["icbpl", "secu"])
+def test_head_mode_without_views_runs_no_extra_backbone_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             method: str) -> None:
+    """n_views=0: the head trains on the clean features alone; no augmented view is ever extracted."""
     import imgclust.features as features_module
     from imgclust.data.arrays import ArrayImageDataset
+    from imgclust.methods.secu import fit_secu
+
+    fit_method = {"icbpl": fit_icbpl, "secu": fit_secu}[method]
 
     images, labels = tiny_images(n=24, size=8)
     dataset = ArrayImageDataset(images.permute(0, 2, 3, 1).numpy(), labels=labels)
@@ -469,13 +473,15 @@ def test_head_mode_without_views_runs_no_extra_backbone_pass(tmp_path: Path, mon
         raise AssertionError("n_views=0 must not extract augmented views")
 
     monkeypatch.setattr(features_module, "extract_features", no_extraction)
-    options = {"epochs": 2, "batch_size": 12, "n_views": 0, "n_neighbors": 3, "latent_dim": 8, "hidden_dim": 16}
+    options = {"epochs": 2, "batch_size": 12, "n_views": 0, "hidden_dim": 16}
+    options.update({"n_neighbors": 3, "latent_dim": 8} if method == "icbpl" else {"ks": [3]})
     context = FitContext(features=features, n_clusters=3, seed=0, dataset=dataset, backbone=backbone,
                          labels=labels, cache_dir=tmp_path / "cache", num_workers=0, progress=False,
                          options=options)
-    result = fit_icbpl(context)
+    result = fit_method(context)
     assert result.assignment.labels.shape == (24,)
-    assert all(abs(epoch["aug"]) < 1e-6 for epoch in result.info["history"])  # two identical views
+    if method == "icbpl":
+        assert all(abs(epoch["aug"]) < 1e-6 for epoch in result.info["history"])  # two identical views
     with pytest.raises(ImgclustError, match="n_views"):
-        fit_icbpl(FitContext(features=features, n_clusters=3, dataset=dataset, backbone=backbone,
-                             options={**options, "trainable_blocks": 1}))
+        fit_method(FitContext(features=features, n_clusters=3, dataset=dataset, backbone=backbone,
+                              options={**options, "trainable_blocks": 1}))

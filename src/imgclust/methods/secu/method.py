@@ -557,7 +557,8 @@ class SeCuClusterModel(ClusterModel):
 _DATA_OPTIONS: dict[str, Any] = {
     "encoder": "backbone",     # "backbone" (registry backbone) | "resnet18_cifar" | "resnet18_stl"
     "trainable_blocks": 0,     # backbone blocks fine-tuned (0 = head mode on cached features)
-    "n_views": 4,              # cached augmented views (head mode / CPU fine-tuning); even: half per view type
+    "n_views": 4,              # cached augmented views (head mode / CPU fine-tuning); even: half per view type;
+                               # 0 in head mode: the clean features only (no extra backbone pass)
     "min_crop": 0.3,           # RandomResizedCrop lower scale [--min-crop]
     "image_size": None,        # from-scratch ResNets: side of the decoded images (default 32 / 96)
     "normalization": None,     # from-scratch ResNets: "cifar10" | "cifar100" | "imagenet" (default per encoder)
@@ -598,8 +599,10 @@ def _split_options(options: dict[str, Any], n_clusters: int, seed: int) -> _Opti
     if data["normalization"] is not None and data["normalization"] not in NORMALIZATIONS:
         raise ImgclustError(f"unknown normalization {data['normalization']!r}",
                             f"use one of: {', '.join(NORMALIZATIONS)}")
-    if int(data["n_views"]) < 1:
-        raise ImgclustError(f"n_views must be >= 1, got {data['n_views']}", "use n_views=2 or more")
+    head_mode = encoder == "backbone" and int(data["trainable_blocks"]) == 0
+    if int(data["n_views"]) < (0 if head_mode else 1):
+        raise ImgclustError(f"n_views must be >= {0 if head_mode else 1} here, got {data['n_views']}",
+                            "use n_views=2 or more (n_views=0 only in head mode: trainable_blocks=0)")
     secu_kwargs = {k: v for k, v in options.items() if k in secu_fields}
     if secu_kwargs.get("encoder_lr_scale") is None:
         secu_kwargs["encoder_lr_scale"] = 1.0 if encoder in RESNETS else 0.1
@@ -651,11 +654,12 @@ def build_inputs(context: FitContext, opts: _Options) -> tuple[TrainInputs, nn.M
         return inputs, encoder, Normalize(mean, std)
     features = np.asarray(context.features, dtype=np.float32)
     blocks = int(data["trainable_blocks"])
-    if context.dataset is None or context.backbone is None:
+    if context.dataset is None or context.backbone is None or int(data["n_views"]) == 0:
         if blocks > 0:
             raise ImgclustError("fine-tuning (trainable_blocks > 0) needs images, but the input is embeddings",
                                 "use trainable_blocks=0 with embeddings")
-        _logger.warning("SeCu on embeddings: no augmented views exist, both views are the embedding itself")
+        if context.dataset is None or context.backbone is None:
+            _logger.warning("SeCu on embeddings: no augmented views exist, both views are the embedding itself")
         transform = L2Normalize() if data["normalize_inputs"] else None
         return TrainInputs.from_features(features, labels=context.labels), None, transform
     n_views = int(data["n_views"])
