@@ -22,7 +22,9 @@ def machine() -> dict[str, Any]:
 
     info: dict[str, Any] = {"platform": platform.platform(), "python": sys.version.split()[0],
                             "cpus": os.cpu_count(), "torch": torch.__version__,
-                            "torch_threads": torch.get_num_threads()}
+                            "torch_threads": torch.get_num_threads(),
+                            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                            "load_avg_1min_at_end": round(os.getloadavg()[0], 2)}
     try:
         info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                                  if line.startswith("model name"))

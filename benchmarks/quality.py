@@ -33,8 +33,11 @@ from imgclust.neighbors import mine_neighbors, neighbor_purity, normalize_featur
 CACHE = REPO / "benchmarks" / "cache"
 
 ICBPL_HEAD = {"trainable_blocks": 0, "n_views": 4, "epochs": 30}
+# Head mode on the clean features alone: no backbone pass beyond the clean one (what fits the full split on a CPU).
+ICBPL_CLEAN = {"trainable_blocks": 0, "n_views": 0, "epochs": 30}
 ICBPL_FINETUNE = {"trainable_blocks": 1, "n_views": 2, "epochs": 15}
 SECU_HEAD = {"trainable_blocks": 0, "n_views": 4, "epochs": 30}
+SECU_CLEAN = {"trainable_blocks": 0, "n_views": 0, "epochs": 30}
 
 # name -> (method, options). The ablation rows switch one ICBPL loss off at a time (head mode).
 CLUSTERING_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -46,6 +49,11 @@ CLUSTERING_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "icbpl-head-no-knn": ("icbpl", {**ICBPL_HEAD, "w_knn": 0.0}),
     "icbpl-head-no-min": ("icbpl", {**ICBPL_HEAD, "w_min": 0.0}),
     "secu-head": ("secu", SECU_HEAD),
+    "icbpl-head-clean": ("icbpl", ICBPL_CLEAN),
+    "icbpl-head-clean-no-mmd": ("icbpl", {**ICBPL_CLEAN, "w_mmd": 0.0}),
+    "icbpl-head-clean-no-knn": ("icbpl", {**ICBPL_CLEAN, "w_knn": 0.0}),
+    "icbpl-head-clean-no-min": ("icbpl", {**ICBPL_CLEAN, "w_min": 0.0}),
+    "secu-head-clean": ("secu", SECU_CLEAN),
 }
 
 

@@ -12,9 +12,9 @@ Data:
   case than real data (uniform random directions are the opposite extreme: see ``uniform``).
 * ``uniform``: uniformly random unit vectors, the worst case for any approximate index (no neighbourhood
   structure; the nearest neighbour is barely closer than a random row).
-* ``cifar10``: real default-backbone features (1280-d) of 20,000 CIFAR-10 images — the 10,000 training
-  images (1,000 per class) and the 10,000 test images of ``quality.py``, from the benchmark feature cache
-  (extracted on first use; all 60,000 are ``--cifar-train-per-class 5000``, hours on a CPU).
+* ``cifar10``: real default-backbone features (1280-d) of all 60,000 CIFAR-10 images (train + test, as in
+  ``quality.py``), from the benchmark feature cache (extracted on first use: about 30 min on 2 cores;
+  ``--cifar-train-per-class 1000`` takes 20,000).
 
 Stages: ``knn-exact`` (faiss IndexFlatIP, chunked), ``knn-ivf`` and ``knn-hnsw`` (the library's approximate
 path: breadth raised until the recall@20 measured on 1,000 rows reaches the target), ``kmeans-exact`` (trained
@@ -22,7 +22,7 @@ on all rows) and ``kmeans-sampled`` (trained on max(100,000, 256·K) rows, every
 ``n_init=1`` and at most 25 iterations (faiss's default). Exact stages are skipped where they would take hours;
 the fitted exponent a of time ∝ N^a says how the skipped cells would grow.
 
-    .venv/bin/python benchmarks/scale.py                        # the grid in BENCHMARKS.md (about 2 h, 2 cores)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scale.py      # the grid in BENCHMARKS.md (about 1 h, 1 thread)
     .venv/bin/python benchmarks/scale.py --sizes 10000,100000 --dims 384 --data latent16
 
 Writes benchmarks/results/scale.json and scale.png and prints a markdown table.
@@ -201,7 +201,7 @@ def main() -> None:
     parser.add_argument("--hnsw-max", type=int, default=100_000)
     parser.add_argument("--exact-kmeans-max-work", type=float, default=4e11, help="largest N·K·D trained exactly")
     parser.add_argument("--uniform-sizes", default="100000", help="uniform data is measured at these N only")
-    parser.add_argument("--cifar-train-per-class", type=int, default=1000)
+    parser.add_argument("--cifar-train-per-class", type=int, default=5000)
     parser.add_argument("--name", default="scale")
     args = parser.parse_args()
 

@@ -3,7 +3,8 @@
 Feature extraction shares the cache shards out among the processes and rank 0 merges them; ICBPL then trains
 with each process holding half of every global batch (MMD on the gathered batch, per-sample draws for the
 global batch, gradients averaged by DDP). The run folders of both launches must agree: same features, same
-training log, same weights, same assignments. (SeCu's multi-process equivalence: tests/test_secu_ddp.py.)
+training log, same weights, same assignments. SeCu goes through the same command on the cached views
+(counts and duals all-reduced; its library-level equivalence, centres included: tests/test_secu_ddp.py).
 """
 
 from __future__ import annotations
@@ -26,8 +27,12 @@ from conftest import REPO_ROOT, cifar10_subset_paths
 pytestmark = [pytest.mark.slow, pytest.mark.shared_data]
 
 # 3 classes × 12 images, 8 images per shard: 5 shards, so both processes encode some.
-ICBPL_OPTIONS = ["trainable_blocks=0", "n_views=2", "epochs=2", "batch_size=12", "eval_every=1",
-                 "n_neighbors=5"]
+OPTIONS = {
+    "icbpl": ["trainable_blocks=0", "n_views=2", "epochs=2", "batch_size=12", "eval_every=1", "n_neighbors=5"],
+    "secu": ["trainable_blocks=0", "n_views=2", "epochs=2", "batch_size=12", "eval_every=1", "ks=[3,6]",
+             "warmup_epochs=0", "hold_epochs=0"],
+}
+LOSSES = {"icbpl": ("loss", "mmd", "aug", "knn", "min"), "secu": ("loss",)}
 
 
 def _torchrun() -> Path:
@@ -40,10 +45,10 @@ def _torchrun() -> Path:
     return Path(found)
 
 
-def _cluster(launcher: list[str], folder: Path, out: Path, cache: Path, cwd: Path) -> None:
-    args = ["cluster", str(folder), "-k", "3", "--method", "icbpl", "--out", str(out), "--cache-dir", str(cache),
+def _cluster(launcher: list[str], method: str, folder: Path, out: Path, cache: Path, cwd: Path) -> None:
+    args = ["cluster", str(folder), "-k", "3", "--method", method, "--out", str(out), "--cache-dir", str(cache),
             "--shard-size", "8", "--batch-size", "8", "--workers", "0", "--device", "cpu", "--no-report", "-q"]
-    for option in ICBPL_OPTIONS:
+    for option in OPTIONS[method]:
         args += ["--set", option]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO_ROOT / "src"),
                                                                              os.environ.get("PYTHONPATH", "")]))
@@ -64,7 +69,9 @@ def _merged_entries(cache: Path) -> dict[str, dict]:
     return entries
 
 
-def test_torchrun_extraction_and_training_equal_one_process(tmp_path: Path, cifar10_dir: Path) -> None:
+@pytest.mark.parametrize("method", ["icbpl", "secu"])
+def test_torchrun_extraction_and_training_equal_one_process(tmp_path: Path, cifar10_dir: Path, method: str
+                                                            ) -> None:
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.skip("this torch build has no gloo backend")
     paths, _, _ = cifar10_subset_paths(cifar10_dir, "test", 12, classes=["airplane", "cat", "ship"])
@@ -73,8 +80,8 @@ def test_torchrun_extraction_and_training_equal_one_process(tmp_path: Path, cifa
         (folder / p.parent.name).mkdir(parents=True, exist_ok=True)
         shutil.copy(p, folder / p.parent.name / p.name)
 
-    _cluster([sys.executable], folder, tmp_path / "one", tmp_path / "cache-one", tmp_path)
-    _cluster([str(_torchrun()), "--standalone", "--nproc_per_node", "2"], folder, tmp_path / "two",
+    _cluster([sys.executable], method, folder, tmp_path / "one", tmp_path / "cache-one", tmp_path)
+    _cluster([str(_torchrun()), "--standalone", "--nproc_per_node", "2"], method, folder, tmp_path / "two",
              tmp_path / "cache-two", tmp_path)
 
     # Extraction: clean features and both augmented views, identical; the shards were shared out.
@@ -91,7 +98,7 @@ def test_torchrun_extraction_and_training_equal_one_process(tmp_path: Path, cifa
             for run in ("one", "two")]
     assert len(logs[0]) == len(logs[1]) == 2
     for a, b in zip(*logs):
-        for key in ("loss", "mmd", "aug", "knn", "min"):
+        for key in LOSSES[method]:
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (key, a, b)
     weights = [load_file(tmp_path / run / "model.safetensors") for run in ("one", "two")]
     assert sorted(weights[0]) == sorted(weights[1])
