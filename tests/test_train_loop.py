@@ -358,8 +358,10 @@ def test_select_best_returns_the_best_scoring_epoch(tmp_path: Path) -> None:
 
 def test_fit_icbpl_on_embeddings_and_model_roundtrip(tmp_path: Path) -> None:
     x, _, y = blobs()
+    # 8 epochs were enough on one CPU model and left two blobs merged on another (float summation order):
+    # 20 converged for seeds 0-3 on the second.
     context = FitContext(features=x, n_clusters=3, seed=0, labels=y, run_dir=tmp_path,
-                         options={"epochs": 8, "batch_size": 30, "lr": 1e-2, "latent_dim": 16, "hidden_dim": 32,
+                         options={"epochs": 20, "batch_size": 30, "lr": 1e-2, "latent_dim": 16, "hidden_dim": 32,
                                   "n_neighbors": 5})
     result = fit_icbpl(context)
     assert cluster_accuracy(y, result.assignment.labels) > 0.9
