@@ -225,8 +225,11 @@ def main() -> None:
                        **{key: v for key, v in result.items() if key != "search"}}
                 if "search" in result and stage != "knn-exact":
                     search = result["search"]
-                    row["breadth"] = f"{search['breadth_name']}={search['breadth']}" + (
-                        f", k_factor={search['k_factor']}" if "k_factor" in search else "")
+                    if "fallback_from" in search:  # every IVF list was needed: searched exactly instead
+                        row["breadth"] = f"exact (IVF needed every list, recall {search['approximate_recall_at_k']})"
+                    else:
+                        row["breadth"] = f"{search['breadth_name']}={search['breadth']}" + (
+                            f", k_factor={search['k_factor']}" if "k_factor" in search else "")
                     row["index"] = search["index"]
                 rows.append(row)
                 print(json.dumps(row), flush=True)

@@ -223,6 +223,15 @@ def test_approximate_index_reaches_the_target_recall_on_real_images(cifar10_dir,
             (search["breadth"], search["k_factor"]))
 
 
+@needs_faiss
+def test_ivf_that_must_scan_every_list_searches_exactly():
+    # Uniform random directions in 64-d have no neighbourhood structure: recall 0.99 needs every list.
+    x = random_features(3000, 64, seed=6)
+    result = nearest_neighbors(x, 10, index="ivf", target_recall=0.99)
+    assert result.search["index"] == "exact" and result.search["fallback_from"].startswith("IVF")
+    np.testing.assert_array_equal(result.indices, nearest_neighbors(x, 10, index="exact").indices)
+
+
 def test_ivf_breadths_are_ordered_by_search_cost():
     order = neighbors_module._ivf_breadths(1_000_000, 4000, 20)
     assert len(order) == len(set(order)) == len(neighbors_module._geometric(1, 4000)) * 5
