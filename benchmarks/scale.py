@@ -203,7 +203,15 @@ def main() -> None:
     parser.add_argument("--uniform-sizes", default="100000", help="uniform data is measured at these N only")
     parser.add_argument("--cifar-train-per-class", type=int, default=5000)
     parser.add_argument("--name", default="scale")
+    parser.add_argument("--resume-log", type=Path, default=None,
+                        help="output of an interrupted run: the cells it printed are kept, not measured again")
     args = parser.parse_args()
+    done: dict[tuple[Any, ...], dict[str, Any]] = {}
+    if args.resume_log is not None:
+        for line in args.resume_log.read_text().splitlines():
+            if line.startswith("{"):
+                row = json.loads(line)
+                done[(row["data"], row["N"], row["D"], row["stage"], row["K"])] = row
 
     cells: list[tuple[str, int, int]] = []
     for data in args.data.split(","):
@@ -218,6 +226,9 @@ def main() -> None:
         for stage in args.stages.split(","):
             for k in ([int(v) for v in args.clusters.split(",")] if stage.startswith("kmeans") else [0]):
                 if not planned(stage, n, d, k, args):
+                    continue
+                if (data, n, d, stage, k or "") in done:
+                    rows.append(done[(data, n, d, stage, k or "")])
                     continue
                 load = os.getloadavg()[0]
                 result = run_child(stage, path, k, args.target_recall)
