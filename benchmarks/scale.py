@@ -203,6 +203,8 @@ def main() -> None:
     parser.add_argument("--uniform-sizes", default="100000", help="uniform data is measured at these N only")
     parser.add_argument("--cifar-train-per-class", type=int, default=5000)
     parser.add_argument("--name", default="scale")
+    parser.add_argument("--skip", action="append", default=[], metavar="DATA:D:STAGE",
+                        help="leave out one cell kind, e.g. uniform:1280:knn-hnsw (repeatable)")
     parser.add_argument("--resume-log", type=Path, default=None,
                         help="output of an interrupted run: the cells it printed are kept, not measured again")
     args = parser.parse_args()
@@ -225,7 +227,7 @@ def main() -> None:
         path = cifar10_features(args.cifar_train_per_class) if data == "cifar10" else synthetic(data, n, d)
         for stage in args.stages.split(","):
             for k in ([int(v) for v in args.clusters.split(",")] if stage.startswith("kmeans") else [0]):
-                if not planned(stage, n, d, k, args):
+                if not planned(stage, n, d, k, args) or f"{data}:{d}:{stage}" in args.skip:
                     continue
                 if (data, n, d, stage, k or "") in done:
                     rows.append(done[(data, n, d, stage, k or "")])
