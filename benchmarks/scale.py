@@ -180,7 +180,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_title("neighbour mining, k=20" if family == "knn" else "k-means (n_init=1, ≤25 iterations)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("imgclust scale, latent16 synthetic features, 2-core CPU")
+    threads = os.environ.get("OMP_NUM_THREADS") or str(os.cpu_count())
+    fig.suptitle(f"imgclust scale, latent16 synthetic features, {threads} CPU thread(s)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
