@@ -230,8 +230,9 @@ def main() -> None:
             for k in ([int(v) for v in args.clusters.split(",")] if stage.startswith("kmeans") else [0]):
                 if not planned(stage, n, d, k, args) or f"{data}:{d}:{stage}" in args.skip:
                     continue
-                if (data, n, d, stage, k or "") in done:
-                    rows.append(done[(data, n, d, stage, k or "")])
+                cell = (data, n, d, stage, k or "")
+                if cell in done:
+                    rows.append(done[cell])
                     continue
                 load = os.getloadavg()[0]
                 result = run_child(stage, path, k, args.target_recall)

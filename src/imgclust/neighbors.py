@@ -312,7 +312,7 @@ def _search_rows(index: Any, queries: np.ndarray, rows: np.ndarray, k: int, excl
 
 
 def _approximate_search(faiss: ModuleType, features: np.ndarray, k: int, kind: str, exclude_self: bool,
-                        target_recall: float, recall_sample: int, seed: int) -> Neighbors:
+                        target_recall: float, recall_sample: int, seed: int, chunk_size: int) -> Neighbors:
     """Search on an IVF or HNSW index whose breadth is raised until the sampled recall@k meets the target."""
     n = int(features.shape[0])
     rng = np.random.default_rng(seed)
@@ -345,7 +345,7 @@ def _approximate_search(faiss: ModuleType, features: np.ndarray, k: int, kind: s
         del index
         _logger.info("approximate kNN needs every IVF list for recall %.2f on %d rows: searching exactly",
                      target_recall, n)
-        found = _faiss_search(faiss, normalize_features(features), k, 1024, exclude_self)
+        found = _faiss_search(faiss, normalize_features(features), k, chunk_size, exclude_self)
         return found._replace(search={"index": "exact", "backend": "faiss", "fallback_from": description,
                                       "recall_at_k": 1.0, "approximate_recall_at_k": round(recall, 4),
                                       "seconds_build": round(built - started, 2),
@@ -387,8 +387,8 @@ def nearest_neighbors(features: np.ndarray | torch.Tensor, k: int, backend: str 
         features: (N, D) float numpy array (memory-mapped is fine) or torch tensor.
         k: neighbours per row; at most N-1 (N if ``exclude_self`` is False).
         backend: exact search: ``"auto"``, ``"faiss"`` or ``"torch"`` (see module docstring).
-        chunk_size: exact search: queries per step; the torch backend's peak extra memory is
-            chunk_size × N × 4 bytes (1024 × 50,000 rows ≈ 200 MB).
+        chunk_size: exact search (also when an approximate index falls back to it): queries per step; the
+            torch backend's peak extra memory is chunk_size × N × 4 bytes (1024 × 50,000 rows ≈ 200 MB).
         device: torch backend only: where to compute. Default: the tensor's device, or CPU for numpy input.
             The faiss backend always runs on the CPU.
         exclude_self: leave each row's own index out of its neighbours. Exact duplicates of a row are kept
@@ -441,7 +441,8 @@ def nearest_neighbors(features: np.ndarray | torch.Tensor, k: int, backend: str 
     if index != "exact":
         if isinstance(features, torch.Tensor):
             features = features.detach().cpu().numpy()
-        return _approximate_search(faiss, features, k, index, exclude_self, target_recall, recall_sample, seed)
+        return _approximate_search(faiss, features, k, index, exclude_self, target_recall, recall_sample, seed,
+                                   chunk_size)
     if faiss is not None and (backend == "faiss" or device.type == "cpu"):
         return _faiss_search(faiss, normalize_features(features), k, chunk_size, exclude_self)
     with torch.no_grad():

@@ -558,6 +558,14 @@ class SplitEncoder(nn.Module):
 # Building TrainInputs from a dataset and a backbone (the feature cache does the heavy lifting)
 # ---------------------------------------------------------------------------------------------------------
 
+def check_view_count(n_views: int, head_mode: bool) -> None:
+    """``n_views=0`` (the clean features alone) exists in head mode only: fine-tuning needs augmented views."""
+    if n_views < (0 if head_mode else 1):
+        raise ImgclustError(f"n_views={n_views} is not possible {'in head mode' if head_mode else 'here'}",
+                            "use n_views >= 1 (fine-tuning needs augmented views), or n_views=0 in head mode "
+                            "(trainable_blocks=0)")
+
+
 def prepare_inputs(dataset: Any, backbone: Any, *, n_trainable_blocks: int = 0, n_views: int = 4,
                    augment: BatchAugment | Sequence[BatchAugment] | None = None, device: str | torch.device = "cpu",
                    on_the_fly: bool | None = None, cache_dir: str | Path | None = None, batch_size: int = 64,
@@ -568,7 +576,7 @@ def prepare_inputs(dataset: Any, backbone: Any, *, n_trainable_blocks: int = 0, 
 
     * ``n_trainable_blocks == 0`` (head mode): V views of backbone features, each computed once through
       :func:`imgclust.features.extract_features` with ``augment=augment[v % len]`` and ``view=v``, plus the clean
-      features.
+      features; with V = 0 the clean features alone (both step views are the clean feature).
     * ``n_trainable_blocks > 0`` and not ``on_the_fly`` (fine-tuning on a CPU): the backbone is split into
       ``(trunk, tail)``; the feature cache stores the trunk activations of V augmented views and of the
       clean images (``encoder=trunk, encoder_id="trunk-n"``), and only the tail + head run per step.
@@ -579,7 +587,7 @@ def prepare_inputs(dataset: Any, backbone: Any, *, n_trainable_blocks: int = 0, 
         dataset: an :class:`~imgclust.data.base.ImageDataset` whose rows all decode.
         backbone: the :class:`~imgclust.backbones.base.Backbone`.
         n_trainable_blocks: backbone blocks to fine-tune (0 = frozen backbone, head mode).
-        n_views: V, augmented views cached (cached forms).
+        n_views: V, augmented views cached (cached forms); 0 only in head mode.
         augment: augmentation(s); default ``BatchAugment("simclr")``.
         device: where extraction (and training) runs.
         on_the_fly: images form instead of cached trunk activations (default: ``device`` is CUDA).
@@ -592,6 +600,7 @@ def prepare_inputs(dataset: Any, backbone: Any, *, n_trainable_blocks: int = 0, 
     """
     from ..features import extract_features
 
+    check_view_count(n_views, head_mode=n_trainable_blocks == 0)
     device = torch.device(device)
     augments = [BatchAugment("simclr")] if augment is None else (
         [augment] if isinstance(augment, BatchAugment) else list(augment))
@@ -609,6 +618,8 @@ def prepare_inputs(dataset: Any, backbone: Any, *, n_trainable_blocks: int = 0, 
     if reference_features is None:
         reference_features = valid_all(extract_features(dataset, backbone, **common), "backbone features")
     feature_dim = int(backbone.feature_dim)
+    if n_trainable_blocks == 0 and n_views == 0:
+        return TrainInputs.from_features(reference_features, labels=labels, neighbors=neighbors)
     if n_trainable_blocks == 0 and not on_the_fly:
         views = [valid_all(extract_features(dataset, backbone, augment=augments[v % len(augments)],
                                             augment_id=augments[v % len(augments)].augment_id, view=v,

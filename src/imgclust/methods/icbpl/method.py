@@ -425,19 +425,15 @@ def fit_icbpl(context: FitContext) -> FitResult:
 
     icbpl_config, train_config, data = _split_options(dict(context.options), context.n_clusters, context.seed)
     blocks = int(data["trainable_blocks"])
-    n_views = int(data["n_views"])
-    if n_views < 0 or (n_views == 0 and blocks > 0):
-        raise ImgclustError(f"n_views={n_views} is not possible with trainable_blocks={blocks}",
-                            "use n_views >= 1 (fine-tuning needs augmented views), or n_views=0 in head mode")
     features = np.asarray(context.features, dtype=np.float32)
-    if context.dataset is None or context.backbone is None or (blocks == 0 and n_views == 0):
+    if context.dataset is None or context.backbone is None:
         if blocks > 0:
             raise ImgclustError("fine-tuning (trainable_blocks > 0) needs images, but the input is embeddings",
                                 "use trainable_blocks=0 with embeddings")
         inputs = TrainInputs.from_features(features, labels=context.labels)
     else:
         inputs = prepare_inputs(context.dataset, context.backbone, n_trainable_blocks=blocks,
-                                n_views=n_views, augment=BatchAugment(str(data["augment"])),
+                                n_views=int(data["n_views"]), augment=BatchAugment(str(data["augment"])),
                                 device=context.device, on_the_fly=data["on_the_fly"], cache_dir=context.cache_dir,
                                 batch_size=context.batch_size, num_workers=context.num_workers, seed=context.seed,
                                 labels=context.labels, reference_features=features,

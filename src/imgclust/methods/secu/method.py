@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from ... import distributed as dist
 from ...augment import BatchAugment
 from ...errors import ImgclustError
-from ...train.protocol import Batch, InputSpec, MethodBase, SplitEncoder, TrainInputs, unwrap
+from ...train.protocol import (Batch, InputSpec, MethodBase, SplitEncoder, TrainInputs, check_view_count,
+                               unwrap)
 from ..base import Assignment, ClusterModel, FitContext, FitResult
 from .losses import centre_loss, mean_similarity, representation_loss
 from .model import SeCuModel
@@ -599,10 +600,7 @@ def _split_options(options: dict[str, Any], n_clusters: int, seed: int) -> _Opti
     if data["normalization"] is not None and data["normalization"] not in NORMALIZATIONS:
         raise ImgclustError(f"unknown normalization {data['normalization']!r}",
                             f"use one of: {', '.join(NORMALIZATIONS)}")
-    head_mode = encoder == "backbone" and int(data["trainable_blocks"]) == 0
-    if int(data["n_views"]) < (0 if head_mode else 1):
-        raise ImgclustError(f"n_views must be >= {0 if head_mode else 1} here, got {data['n_views']}",
-                            "use n_views=2 or more (n_views=0 only in head mode: trainable_blocks=0)")
+    check_view_count(int(data["n_views"]), head_mode=encoder == "backbone" and int(data["trainable_blocks"]) == 0)
     secu_kwargs = {k: v for k, v in options.items() if k in secu_fields}
     if secu_kwargs.get("encoder_lr_scale") is None:
         secu_kwargs["encoder_lr_scale"] = 1.0 if encoder in RESNETS else 0.1
@@ -654,12 +652,11 @@ def build_inputs(context: FitContext, opts: _Options) -> tuple[TrainInputs, nn.M
         return inputs, encoder, Normalize(mean, std)
     features = np.asarray(context.features, dtype=np.float32)
     blocks = int(data["trainable_blocks"])
-    if context.dataset is None or context.backbone is None or int(data["n_views"]) == 0:
+    if context.dataset is None or context.backbone is None:
         if blocks > 0:
             raise ImgclustError("fine-tuning (trainable_blocks > 0) needs images, but the input is embeddings",
                                 "use trainable_blocks=0 with embeddings")
-        if context.dataset is None or context.backbone is None:
-            _logger.warning("SeCu on embeddings: no augmented views exist, both views are the embedding itself")
+        _logger.warning("SeCu on embeddings: no augmented views exist, both views are the embedding itself")
         transform = L2Normalize() if data["normalize_inputs"] else None
         return TrainInputs.from_features(features, labels=context.labels), None, transform
     n_views = int(data["n_views"])
