@@ -38,6 +38,8 @@ ICBPL_CLEAN = {"trainable_blocks": 0, "n_views": 0, "epochs": 30}
 ICBPL_FINETUNE = {"trainable_blocks": 1, "n_views": 2, "epochs": 15}
 SECU_HEAD = {"trainable_blocks": 0, "n_views": 4, "epochs": 30}
 SECU_CLEAN = {"trainable_blocks": 0, "n_views": 0, "epochs": 30}
+# On top of the default backbone with its last block fine-tuned: like ICBPL_FINETUNE (one view of each kind).
+SECU_FINETUNE = {"trainable_blocks": 1, "n_views": 2, "epochs": 15}
 # From scratch on a CPU budget: the authors' 400 epochs start with 1 held + 11 warm-up epochs; 3 epochs get
 # no hold and 1 warm-up epoch instead.
 SECU_SCRATCH = {"encoder": "resnet18_cifar", "epochs": 3, "hold_epochs": 0, "warmup_epochs": 1}
@@ -58,6 +60,7 @@ CLUSTERING_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "icbpl-head-clean-no-min": ("icbpl", {**ICBPL_CLEAN, "w_min": 0.0}),
     "secu-head-clean": ("secu", SECU_CLEAN),
     "secu-scratch": ("secu", SECU_SCRATCH),
+    "secu-finetune": ("secu", SECU_FINETUNE),
 }
 
 
