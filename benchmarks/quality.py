@@ -49,6 +49,8 @@ CLUSTERING_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "kmeans": ("kmeans", {"n_init": 10}),
     "icbpl-head": ("icbpl", ICBPL_HEAD),
     "icbpl-finetune": ("icbpl", ICBPL_FINETUNE),
+    # Step-view 1 is the clean input (the MMD spreads what prediction sees); see docs/methods/icbpl.md.
+    "icbpl-finetune-clean-view": ("icbpl", {**ICBPL_FINETUNE, "clean_view": True}),
     "icbpl-head-no-mmd": ("icbpl", {**ICBPL_HEAD, "w_mmd": 0.0}),
     "icbpl-head-no-aug": ("icbpl", {**ICBPL_HEAD, "w_aug": 0.0}),
     "icbpl-head-no-knn": ("icbpl", {**ICBPL_HEAD, "w_knn": 0.0}),

@@ -455,6 +455,38 @@ def test_min_loss_warmup_is_a_function_of_the_step() -> None:
     assert ICBPL(ICBPLConfig(w_min=0.5)).min_weight(0, 10) == 0.5
 
 
+@pytest.mark.parametrize("clean_view", [False, True])
+def test_clean_view_makes_the_first_step_view_the_clean_input(clean_view: bool) -> None:
+    """``clean_view``: x1 is the clean input and x2 an augmented view; by default both are augmented."""
+    x, views, _ = blobs(per=8)
+    method = small_icbpl(clean_view=clean_view)
+    assert method.n_views == (1 if clean_view else 2)
+    inputs = TrainInputs.from_features(x, views=views)
+    model = method.build_model(inputs.spec())
+    seen: list[torch.Tensor] = []
+    forward = model.forward
+    model.forward = lambda batch_input: (seen.append(batch_input), forward(batch_input))[1]
+
+    class Context:
+        def load(self, indices, generator, n_views=1, part=None):
+            return inputs.load_views(np.asarray(indices), n_views, generator, torch.device("cpu"), part)
+
+        def load_clean(self, indices):
+            return inputs.load_clean(np.asarray(indices), torch.device("cpu"))
+
+    indices = np.arange(6)
+    generator = torch.Generator().manual_seed(0)
+    batch = Batch(indices=torch.as_tensor(indices), views=inputs.load_views(indices, method.n_views, generator,
+                                                                            torch.device("cpu")),
+                  epoch=0, step=0, global_step=0, generator=generator)
+    method.neighbors = torch.zeros((len(x), 1), dtype=torch.int64)
+    out = method.training_step(model, batch, Context())
+    assert torch.isfinite(out["loss"])
+    x1, x2 = seen[0][:6], seen[0][6:]
+    assert torch.equal(x1, torch.as_tensor(x[indices])) == clean_view
+    assert not torch.equal(x2, torch.as_tensor(x[indices]))
+
+
 @pytest.mark.parametrize("method", ["icbpl", "secu"])
 def test_head_mode_without_views_runs_no_extra_backbone_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                              method: str) -> None:

@@ -1,6 +1,7 @@
 """ICBPL as a :class:`~imgclust.train.protocol.TrainableMethod`, its :class:`ClusterModel`, and the registry entry.
 
-Per step (two augmented views x1, x2 of B samples, one sampled mined neighbour n of each)::
+Per step (two augmented views x1, x2 of B samples, one sampled mined neighbour n of each; with
+``clean_view`` x1 is the clean input)::
 
     z1, z2 = model(x1), model(x2)                  # unit latents (B, d)
     zn     = model(xn)  (no gradient by default)   # an augmented view of the neighbour
@@ -64,6 +65,9 @@ class ICBPLConfig:
         approximate_above: row count past which ``neighbor_index="auto"`` searches approximately.
         kernel_mul, kernel_num: MMD bandwidth ratio and count (bw·{1/4, 1/2, 1, 2, 4}).
         encoder_lr_scale: learning rate of the fine-tuned backbone blocks relative to the head's.
+        clean_view: step-view 1 is the clean input instead of an augmented view (one augmented view per
+            step). The MMD then spreads the inputs that prediction sees, not only augmented ones; the authors'
+            code trains on un-augmented images altogether.
     """
 
     n_clusters: int = 10
@@ -86,6 +90,7 @@ class ICBPLConfig:
     kernel_mul: float = 2.0
     kernel_num: int = 5
     encoder_lr_scale: float = 0.1
+    clean_view: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -128,6 +133,7 @@ class ICBPL(MethodBase):
 
     def __init__(self, config: ICBPLConfig | None = None):
         self.config = config or ICBPLConfig()
+        self.n_views = 1 if self.config.clean_view else 2
         self.neighbors: torch.Tensor | None = None  # (N, k) int64, CPU
         self.mined_at = -2  # -1: backbone features / given; e >= 0: latents at the start of epoch e
         self._memo: tuple[Any, torch.Tensor] | None = None
@@ -208,7 +214,10 @@ class ICBPL(MethodBase):
     def training_step(self, model: nn.Module, batch: Batch, ctx: Any) -> dict[str, torch.Tensor]:
         cfg = self.config
         centroids = unwrap(model).centroids
-        x1, x2 = batch.views[0], batch.views[1]
+        if cfg.clean_view:
+            x1, x2 = ctx.load_clean(batch.indices), batch.views[0]
+        else:
+            x1, x2 = batch.views[0], batch.views[1]
         b = x1.shape[0]
         z = model(torch.cat([x1, x2], dim=0))
         z1, z2 = z[:b], z[b:]
