@@ -47,16 +47,20 @@ def cifar10_subset_paths(root: Path, split: str, per_class: int, classes: list[s
     return paths, np.asarray(labels, dtype=np.int64), class_names
 
 
+def copy_cifar10_subset(root: Path, split: str, per_class: int, destination: Path) -> Path:
+    """Copy the first ``per_class`` images of each class of ``split`` to ``destination/<class>/``."""
+    paths, _, _ = cifar10_subset_paths(root, split, per_class)
+    for p in paths:
+        dst = destination / p.parent.name / p.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(p.read_bytes())
+    return destination
+
+
 @pytest.fixture
 def cifar10_small_folder(tmp_path: Path, cifar10_dir: Path) -> Path:
     """A folder of 20 real CIFAR-10 test images per class (200 in all), linked with class sub-folders."""
-    paths, _, names = cifar10_subset_paths(cifar10_dir, "test", 20)
-    root = tmp_path / "cifar_small"
-    for p in paths:
-        dst = root / p.parent.name / p.name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        dst.write_bytes(p.read_bytes())
-    return root
+    return copy_cifar10_subset(cifar10_dir, "test", 20, tmp_path / "cifar_small")
 
 
 @pytest.fixture

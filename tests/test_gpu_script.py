@@ -11,18 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, cifar10_subset_paths
+from conftest import REPO_ROOT, copy_cifar10_subset
 
 
 @pytest.mark.slow
 def test_secu_gpu_script_runs_on_cpu_and_writes_the_epoch_table(tmp_path: Path, cifar10_dir: Path) -> None:
     data = tmp_path / "cifar"
     for split, per_class in (("train", 20), ("test", 5)):
-        paths, _, _ = cifar10_subset_paths(cifar10_dir, split, per_class)
-        for p in paths:
-            dst = data / split / p.parent.name / p.name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.write_bytes(p.read_bytes())
+        copy_cifar10_subset(cifar10_dir, split, per_class, data / split)
     out = tmp_path / "run"
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "DATA": str(data), "EPOCHS": "2", "OUT": str(out), "PY": sys.executable,
