@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from PIL import Image
 from conftest import cifar10_subset_paths
 from imgclust.data import (ArrayImageDataset, EmbeddingDataset, FolderDataset, ImageDataset, PathListDataset,
                            load_array_file, load_source)
+import imgclust.data.folder as folder_module
 from imgclust.errors import BadImageError, ImgclustError
 
 
@@ -145,22 +147,46 @@ def test_folder_errors(tmp_path: Path) -> None:
         FolderDataset(tmp_path / "docs")
 
 
-def test_fingerprint_tracks_files_cheaply(tmp_path: Path) -> None:
+def test_fingerprint_follows_file_content_not_timestamps(tmp_path: Path) -> None:
     root = tmp_path / "imgs"
     a = _png(root / "a.png", 10)
     _png(root / "b.png", 20)
     first = FolderDataset(root).fingerprint()
     assert FolderDataset(root).fingerprint() == first
-    _png(a, 99)                                   # same size, new content: mtime changes
-    os.utime(a, ns=(1, 123_456_789))
+    os.utime(a, ns=(1, 123_456_789))              # touched, bytes unchanged: the cache stays valid
+    assert FolderDataset(root).fingerprint() == first
+    # a copy without timestamps (cp -r, a restored backup) keeps the cache
+    shutil.copytree(root, tmp_path / "copy", copy_function=shutil.copyfile)
+    assert FolderDataset(tmp_path / "copy").fingerprint() == first
+    mtime = a.stat().st_mtime_ns
+    _png(a, 99)                                   # same size, new content, old mtime: still detected
+    os.utime(a, ns=(mtime, mtime))
     second = FolderDataset(root).fingerprint()
     assert second != first
     _png(root / "c.png")                          # a new file
     third = FolderDataset(root).fingerprint()
     assert third != second
-    # moving the whole folder keeps the fingerprint (paths are relative, rename keeps mtimes)
+    # moving the whole folder keeps the fingerprint (paths are relative)
     root.rename(tmp_path / "moved")
     assert FolderDataset(tmp_path / "moved").fingerprint() == third
+
+
+def test_fingerprint_samples_large_files_and_remembers_digests(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(256)) * 4096)     # 1 MiB: hashed by three 64 KiB samples
+    ds = PathListDataset([big])
+    first = ds.fingerprint()
+    with open(big, "r+b") as handle:               # an edit inside the last sample
+        handle.seek(big.stat().st_size - 10)
+        handle.write(b"edited")
+    assert ds.fingerprint() != first
+    # an unchanged file (same size, mtime, inode) is not read again
+    calls = []
+    original = folder_module._sampled_digest
+    monkeypatch.setattr(folder_module, "_sampled_digest", lambda *args: calls.append(args) or original(*args))
+    ds.fingerprint()
+    assert calls == []
 
 
 def test_path_list(tmp_path: Path) -> None:
@@ -170,7 +196,7 @@ def test_path_list(tmp_path: Path) -> None:
     assert ds.class_names == ["cat", "dog"] and ds.labels.tolist() == [1, 0]
     assert np.asarray(ds.load(1))[0, 0, 0] == 2
     fingerprint = ds.fingerprint()
-    os.utime(paths[0], ns=(1, 1))
+    _png(paths[0], 3)
     assert ds.fingerprint() != fingerprint
     fingerprint = ds.fingerprint()
     ds.draft_size = 224  # decoding differently must not reuse features cached for full-size decoding

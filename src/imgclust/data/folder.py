@@ -51,26 +51,69 @@ class PathListDataset(ImageDataset):
         self.max_pixels = max_pixels
         self.draft_size = draft_size
         self._fingerprint_base: str | None = None
+        self._content_digests = _ContentDigests()
 
     def load(self, index: int) -> Image.Image:
         return open_image(self.items[index], max_pixels=self.max_pixels, draft_size=self.draft_size)
 
     def fingerprint(self) -> str:
-        """sha256 over (path, size, mtime_ns) of every file, in order, plus the decoding settings.
+        """sha256 over (path, size, sampled content digest) of every file, in order, plus the decoding settings.
 
-        Cheap: files are stat'ed, never read. Paths are taken relative to the scanned root when there is one,
-        so a moved folder keeps its cache. A file that can't be stat'ed contributes (-1, -1).
+        Content, not modification times: a copied or restored folder (new mtimes, same bytes) keeps its feature
+        cache, and an edited file changes it even when its size and mtime don't. Paths are taken relative to
+        the scanned root when there is one, so a moved folder keeps its cache too. A file that can't be read
+        contributes (-1, "").
         """
         digest = hashlib.sha256(f"max_pixels={self.max_pixels} draft_size={self.draft_size}\n".encode())
         for item in self.items:
             key = os.path.relpath(item, self._fingerprint_base) if self._fingerprint_base else item
-            try:
-                stat = os.stat(item)
-                size, mtime = stat.st_size, stat.st_mtime_ns
-            except OSError:
-                size, mtime = -1, -1
-            digest.update(f"{key}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
+            size, content = self._content_digests.get(item)
+            digest.update(f"{key}\0{size}\0{content}\n".encode("utf-8", "surrogateescape"))
         return digest.hexdigest()
+
+
+class _ContentDigests:
+    """Per-file content digests, remembered by (size, mtime, inode) so a second fingerprint reads nothing.
+
+    Files up to three samples long are hashed whole; a larger one by its first, middle and last
+    :data:`_SAMPLE_BYTES` and its size. Image editors rewrite the header or the size when they change
+    pixels, so the samples catch real edits while a folder of multi-megabyte photos costs one small read
+    per file instead of a full read.
+    """
+
+    def __init__(self):
+        self._memo: dict[str, tuple[tuple[int, int, int], str]] = {}
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return -1, ""
+        identity = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        remembered = self._memo.get(path)
+        if remembered is not None and remembered[0] == identity:
+            return stat.st_size, remembered[1]
+        try:
+            content = _sampled_digest(path, stat.st_size)
+        except OSError:
+            return -1, ""
+        self._memo[path] = (identity, content)
+        return stat.st_size, content
+
+
+_SAMPLE_BYTES = 64 * 1024
+
+
+def _sampled_digest(path: str, size: int) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        if size <= 3 * _SAMPLE_BYTES:
+            digest.update(handle.read())
+        else:
+            for offset in (0, (size - _SAMPLE_BYTES) // 2, size - _SAMPLE_BYTES):
+                handle.seek(offset)
+                digest.update(handle.read(_SAMPLE_BYTES))
+    return digest.hexdigest()
 
 
 class FolderDataset(PathListDataset):
