@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="ROW.KEY=VALUE",
                         help="override an option of one row, e.g. icbpl-head.epochs=5")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", help="feature extraction precision (ImageClusterer)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="quality", help="result file benchmarks/results/NAME.json")
     args = parser.parse_args()
@@ -124,7 +125,8 @@ def main() -> None:
 
     results: list[dict[str, Any]] = []
     started = time.perf_counter()
-    base = ImageClusterer(n_clusters=10, cache_dir=str(CACHE), device=args.device, random_state=args.seed)
+    base = ImageClusterer(n_clusters=10, cache_dir=str(CACHE), device=args.device, random_state=args.seed,
+                          precision=args.precision)
     base.fit(train)  # k-means on the clean features; also caches them for every other row
     timings = {"features_train_and_kmeans": time.perf_counter() - started}
     started = time.perf_counter()
@@ -144,7 +146,7 @@ def main() -> None:
             fit_seconds = base.timings_["fit"]
         else:
             clusterer = ImageClusterer(n_clusters=10, method=method, method_options=options, cache_dir=str(CACHE),
-                                       device=args.device, random_state=args.seed,
+                                       device=args.device, random_state=args.seed, precision=args.precision,
                                        run_dir=str(REPO / "benchmarks" / "cache" / "runs" / name))
             clusterer.fit(train)
             fit_seconds = clusterer.timings_["fit"]
@@ -166,7 +168,7 @@ def main() -> None:
     table = print_table(results, ["row", "acc", "nmi", "ari", "acc_minus_kmeans", "fraction_of_probe",
                                   "fit_seconds", "seconds"])
     path = save_result(args.name, {"train_images": len(train), "test_images": len(test),
-                                   "backbone": base.backbone, "timings": timings, "rows": results,
+                                   "backbone": base.backbone, "precision": args.precision, "timings": timings, "rows": results,
                                    "table": table})
     print(f"wrote {path}")
 

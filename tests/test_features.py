@@ -17,6 +17,7 @@ import torch
 
 from imgclust.backbones.base import Preprocess
 from imgclust.data import PathListDataset
+from imgclust.errors import ImgclustError
 from imgclust.features import extract_features
 
 from conftest import cifar10_subset_paths
@@ -70,6 +71,20 @@ def test_cache_reused_only_when_manifest_matches(tmp_path: Path, cifar_paths: li
     fewer = extract_features(PathListDataset(cifar_paths[:-1]), _tiny_backbone(), cache_dir=tmp_path,
                              num_workers=0, progress=False)
     assert fewer.path != first.path and len(fewer.features) == 119
+
+
+def test_bfloat16_precision_is_its_own_entry_and_close_to_float32(tmp_path: Path, cifar_paths: list[str]) -> None:
+    dataset = PathListDataset(cifar_paths[:30])
+    exact = extract_features(dataset, _tiny_backbone(), cache_dir=tmp_path, num_workers=0, progress=False)
+    assert json.loads((exact.path / "manifest.json").read_text())["identity"]["precision"] == "float32"
+    fast = extract_features(dataset, _tiny_backbone(), cache_dir=tmp_path, precision="bfloat16", num_workers=0,
+                            progress=False)
+    assert fast.path != exact.path          # never served from (or into) the float32 entry
+    difference = np.abs(np.asarray(fast.features) - np.asarray(exact.features)).max()
+    assert 0 < difference < 0.05 * np.abs(np.asarray(exact.features)).max()
+    with pytest.raises(ImgclustError, match="unknown precision 'half'") as info:
+        extract_features(dataset, _tiny_backbone(), cache_dir=tmp_path, precision="half", progress=False)
+    assert "bfloat16" in info.value.fix
 
 
 def test_bad_files_skipped_and_listed(tmp_path: Path, cifar_paths: list[str]) -> None:

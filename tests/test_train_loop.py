@@ -83,6 +83,25 @@ def test_labels_are_never_needed() -> None:
     assert "acc" not in b.history[-1] and "neighbor_purity" not in b.history[-1]
 
 
+class DtypeSpy(ICBPL):
+    """ICBPL that records the dtype its head computes in during training steps."""
+
+    def training_step(self, model: nn.Module, batch: Batch, ctx: Any) -> dict[str, torch.Tensor]:
+        linear = next(m for m in model.modules() if isinstance(m, nn.Linear))
+        self.step_dtype = linear(batch.views[0][:, :linear.in_features]).dtype
+        return super().training_step(model, batch, ctx)
+
+
+@pytest.mark.parametrize("amp, dtype", [("bf16", torch.bfloat16), ("auto", torch.float32)])
+def test_cpu_autocast_only_when_bf16_is_asked_for(amp: str, dtype: torch.dtype) -> None:
+    x, views, y = blobs()
+    method = DtypeSpy(ICBPLConfig(n_clusters=3, latent_dim=16, hidden_dim=32, n_neighbors=5))
+    result = fit(method, TrainInputs.from_features(x, views=views, labels=y),
+                 TrainConfig(epochs=10, batch_size=30, lr=1e-2, seed=0, amp=amp))
+    assert method.step_dtype == dtype
+    assert cluster_accuracy(y, result.labels) > 0.97          # bfloat16 steps still train the head
+
+
 # -- exact resume --------------------------------------------------------------------------------------------
 
 class Killed(Exception):

@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--out", type=Path, help="output folder (default: runs/<source>-<method>-k<K>)")
     cluster.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:N")
     cluster.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    cluster.add_argument("--precision", default="auto",
+                         help="forward-pass precision of feature extraction: auto (float16 on a GPU, float32 on "
+                              "a CPU), float32, bfloat16 (about 2x faster on CPUs with AMX: recent Intel Xeon), "
+                              "float16")
     cluster.add_argument("--workers", type=int, default=None, help="image decoding processes")
     cluster.add_argument("--cache-dir", help="feature cache folder (default ~/.cache/imgclust/features)")
     cluster.add_argument("--shard-size", type=int, default=2048,
@@ -190,6 +194,7 @@ def _clusterer(args: argparse.Namespace, out: Path, progress: bool) -> Any:
         n_clusters=args.n_clusters if args.n_clusters is not None else 2, method=args.method,
         backbone=args.backbone, weights=args.weights, device=args.device, batch_size=args.batch_size,
         num_workers=args.workers, cache_dir=args.cache_dir, shard_size=args.shard_size, random_state=args.seed,
+        precision=args.precision,
         method_options=_method_options(args.options), run_dir=str(out), resume=args.resume, progress=progress)
 
 

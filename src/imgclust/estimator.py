@@ -51,6 +51,8 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         weights: local weights file for the backbone (``.safetensors``/``.pth``); ``None`` = the default.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``…
         batch_size: images per forward pass during feature extraction.
+        precision: the extraction's forward-pass precision: ``"auto"`` (float16 on CUDA, float32 on a CPU),
+            ``"float32"``, ``"bfloat16"`` (about 2× faster on CPUs with AMX) or ``"float16"``.
         num_workers: decoding processes (``None``: one per spare core).
         cache_dir: feature cache root (``None``: ``~/.cache/imgclust/features``).
         random_state: seed of every random choice.
@@ -77,7 +79,8 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
                  weights: str | None = None, device: str = "auto", batch_size: int = 64,
                  num_workers: int | None = None, cache_dir: str | None = None, random_state: int = 0,
                  method_options: dict[str, Any] | None = None, run_dir: str | None = None,
-                 resume: bool = False, progress: bool = True, shard_size: int = DEFAULT_SHARD_SIZE):
+                 resume: bool = False, progress: bool = True, shard_size: int = DEFAULT_SHARD_SIZE,
+                 precision: str = "auto"):
         self.n_clusters = n_clusters
         self.method = method
         self.backbone = backbone
@@ -92,6 +95,7 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         self.resume = resume
         self.progress = progress
         self.shard_size = shard_size
+        self.precision = precision
 
     # -- encoding ----------------------------------------------------------------------------------------
     def _backbone(self) -> Any:
@@ -134,7 +138,7 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         # Under torchrun every process encodes its share of the shards (extract_features is collective).
         feature_set = extract_features(dataset, backbone, cache_dir=self.cache_dir, device=self.device_,
                                        batch_size=self.batch_size, num_workers=self.num_workers,
-                                       shard_size=self.shard_size,
+                                       shard_size=self.shard_size, precision=self.precision,
                                        progress=self.progress and distributed.is_main_process(), **kwargs)
         self.last_feature_set_ = feature_set
         return np.asarray(feature_set.features), feature_set.valid_indices, dataset
@@ -171,7 +175,7 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
             run_dir=Path(self.run_dir) if self.run_dir else None, resume=self.resume,
             cache_dir=Path(self.cache_dir) if self.cache_dir else None, batch_size=self.batch_size,
             num_workers=self.num_workers, progress=self.progress, options=dict(self.method_options or {}),
-            shard_size=self.shard_size)
+            shard_size=self.shard_size, precision=self.precision)
         started = time.perf_counter()
         result = fit_method(self.method, context)
         timings["fit"] = time.perf_counter() - started

@@ -15,12 +15,25 @@ from torch.utils.data import DataLoader, Dataset
 
 from .. import distributed as dist
 from ..data.base import ImageDataset
-from ..errors import BadImageError
+from ..errors import BadImageError, ImgclustError
 from .cache import FeatureCache, FeatureSet, default_cache_dir
 
 _logger = logging.getLogger(__name__)
 
 DEFAULT_SHARD_SIZE = 2048
+
+#: Forward-pass precisions of :func:`extract_features`.
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """The forward-pass precision ``precision`` means on ``device``: ``"auto"`` is float16 on CUDA, float32 on a
+    CPU (the same features on every CPU; ``"bfloat16"`` is faster on CPUs with AMX, see BENCHMARKS.md)."""
+    if precision not in PRECISIONS:
+        raise ImgclustError(f"unknown precision {precision!r}", f"use one of: {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "float16" if torch.device(device).type == "cuda" else "float32"
+    return precision
 
 
 class _DecodedImages(Dataset):
@@ -112,6 +125,7 @@ def extract_features(
     view: int = 0,
     seed: int = 0,
     dtype: str = "float32",
+    precision: str = "auto",
     shard_size: int = DEFAULT_SHARD_SIZE,
     progress: bool = True,
 ) -> FeatureSet:
@@ -121,7 +135,7 @@ def extract_features(
         dataset: images to encode.
         backbone: a :class:`imgclust.backbones.Backbone`; gives the preprocessing and the default encoder.
         cache_dir: cache root (default :func:`default_cache_dir`); ``use_cache=False`` keeps nothing.
-        device: where normalisation, augmentation and the forward pass run. fp16 autocast on CUDA.
+        device: where normalisation, augmentation and the forward pass run.
         batch_size: images per forward pass.
         num_workers: decoding processes (default one per spare core); 0 decodes in this process.
         encoder: a module mapping normalised images (N,3,S,S) to any (N,*shape); e.g. a backbone trunk.
@@ -133,6 +147,7 @@ def extract_features(
         view: index of the augmented view (several views of one dataset are separate cache entries).
         seed: seeds the augmentation.
         dtype: stored dtype, ``"float32"`` or ``"float16"``.
+        precision: the forward pass's autocast dtype (:func:`resolve_precision`); part of the cache identity.
         shard_size: rows per resumable shard.
         progress: show a progress bar.
 
@@ -140,6 +155,7 @@ def extract_features(
         The features of the decodable rows, with the skipped files and their reasons.
     """
     device = torch.device(device)
+    precision = resolve_precision(precision, device)
     encoder = encoder if encoder is not None else backbone
     preprocess = backbone.preprocess
     identity = {
@@ -152,6 +168,7 @@ def extract_features(
         "seed": int(seed) if augment is not None else 0,
         "dataset": dataset.fingerprint(),
         "dtype": dtype,
+        "precision": precision,
     }
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if not use_cache:
@@ -187,7 +204,8 @@ def extract_features(
         workers = default_num_workers() if num_workers is None else num_workers
         mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1)
         std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)
-        autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+        autocast = (nullcontext() if precision == "float32"
+                    else torch.autocast(device.type, dtype=getattr(torch, precision)))
         encoder = encoder.to(device).eval()
 
         from tqdm.auto import tqdm

@@ -41,6 +41,7 @@ class FitContext:
         run_dir: folder for checkpoints and the training log, or ``None`` (no checkpoints).
         resume: continue from ``run_dir/checkpoints/last.pt`` when it exists.
         options: method-specific settings (validated by the method).
+        cache_dir, batch_size, num_workers, progress, shard_size, precision: for feature extraction.
     """
 
     features: np.ndarray
@@ -57,6 +58,7 @@ class FitContext:
     num_workers: int | None = None
     progress: bool = True
     shard_size: int = 2048
+    precision: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)
 
 

@@ -571,7 +571,8 @@ def prepare_inputs(dataset: Any, backbone: Any, *, n_trainable_blocks: int = 0, 
                    on_the_fly: bool | None = None, cache_dir: str | Path | None = None, batch_size: int = 64,
                    num_workers: int | None = None, seed: int = 0, labels: np.ndarray | None = None,
                    reference_features: ArrayLike | None = None, neighbors: np.ndarray | None = None,
-                   cache_dtype: str = "float32", progress: bool = True, shard_size: int = 2048) -> TrainInputs:
+                   cache_dtype: str = "float32", precision: str = "auto", progress: bool = True,
+                   shard_size: int = 2048) -> TrainInputs:
     """Build :class:`TrainInputs` for a dataset of images (every image must decode; pass ``dataset.subset(valid)``).
 
     * ``n_trainable_blocks == 0`` (head mode): V views of backbone features, each computed once through
@@ -591,7 +592,7 @@ def prepare_inputs(dataset: Any, backbone: Any, *, n_trainable_blocks: int = 0, 
         augment: augmentation(s); default ``BatchAugment("simclr")``.
         device: where extraction (and training) runs.
         on_the_fly: images form instead of cached trunk activations (default: ``device`` is CUDA).
-        cache_dir, batch_size, num_workers, progress, shard_size: passed to ``extract_features``.
+        cache_dir, batch_size, num_workers, precision, progress, shard_size: passed to ``extract_features``.
         seed: seeds the cached views' augmentation.
         labels: (N,) true classes for the log.
         reference_features: (N, D) clean backbone features if already computed (else extracted).
@@ -607,7 +608,7 @@ def prepare_inputs(dataset: Any, backbone: Any, *, n_trainable_blocks: int = 0, 
     if on_the_fly is None:
         on_the_fly = device.type == "cuda" and n_trainable_blocks > 0
     common = dict(cache_dir=cache_dir, device=device, batch_size=batch_size, num_workers=num_workers,
-                  progress=progress, shard_size=shard_size)
+                  precision=precision, progress=progress, shard_size=shard_size)
 
     def valid_all(feature_set: Any, what: str) -> np.ndarray:
         if len(feature_set.valid_indices) != len(dataset):

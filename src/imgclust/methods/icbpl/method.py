@@ -446,7 +446,7 @@ def fit_icbpl(context: FitContext) -> FitResult:
                                 device=context.device, on_the_fly=data["on_the_fly"], cache_dir=context.cache_dir,
                                 batch_size=context.batch_size, num_workers=context.num_workers, seed=context.seed,
                                 labels=context.labels, reference_features=features,
-                                cache_dtype=str(data["cache_dtype"]), progress=context.progress,
+                                cache_dtype=str(data["cache_dtype"]), precision=context.precision, progress=context.progress,
                                 shard_size=context.shard_size)
     method = ICBPL(icbpl_config)
     result = fit(method, inputs, train_config, device=context.device, run_dir=context.run_dir,

@@ -665,7 +665,8 @@ def build_inputs(context: FitContext, opts: _Options) -> tuple[TrainInputs, nn.M
                             on_the_fly=data["on_the_fly"], cache_dir=context.cache_dir,
                             batch_size=context.batch_size, num_workers=context.num_workers, seed=context.seed,
                             labels=context.labels, reference_features=features,
-                            cache_dtype=str(data["cache_dtype"]), progress=context.progress,
+                            cache_dtype=str(data["cache_dtype"]), precision=context.precision,
+                            progress=context.progress,
                             shard_size=context.shard_size)
     if inputs.mode == "cached":
         inputs.view_groups = _view_groups(n_views)
