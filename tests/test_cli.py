@@ -65,6 +65,14 @@ def test_unknown_method_refused(cifar10_small_folder: Path, tmp_path: Path, caps
     assert code == 2 and "kmeans" in text
 
 
+def test_unknown_precision_refused_before_any_work(cifar10_small_folder: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    code, text = _run(["cluster", str(cifar10_small_folder), "-k", "3", "--precision", "half",
+                       "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "cache"), "-q"], capsys)
+    assert code == 2 and "unknown precision 'half'" in text and "bfloat16" in text
+    assert not (tmp_path / "cache").exists()  # refused before extracting anything
+
+
 def test_list_commands(capsys: pytest.CaptureFixture) -> None:
     assert main(["backbones"]) == 0 and "efficientnet_lite0" in capsys.readouterr().out
     assert main(["methods"]) == 0 and "kmeans" in capsys.readouterr().out

@@ -153,6 +153,9 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
             raise ImgclustError(f"n_clusters must be an integer ≥ 2, got {self.n_clusters!r}",
                                 "pass -k 2 or more")
         self.device_ = resolve_device(self.device)
+        from .features import resolve_precision
+
+        resolve_precision(self.precision, self.device_)  # refuse a bad setting before any work
         timings: dict[str, float] = {}
         started = time.perf_counter()
         # Backbone features, or for models trained from scratch only the decoded images.

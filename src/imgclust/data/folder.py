@@ -1,7 +1,7 @@
 """Image files on disk: a scanned folder tree, or an explicit list of paths.
 
-Scanning only lists names; nothing is opened until :meth:`load`, so an unreadable or corrupt file never
-stops a scan: it becomes a :class:`BadImageError` for that one image, which the run skips and reports.
+Scanning only lists names and no image is decoded until :meth:`load` (the cache fingerprint reads a few
+bytes of each file), so an unreadable or corrupt file never stops a scan: it becomes a :class:`BadImageError` for that one image, which the run skips and reports.
 """
 
 from __future__ import annotations
