@@ -19,7 +19,7 @@ from .data.base import EmbeddingDataset, ImageDataset
 from .errors import ImgclustError
 from .features import FeatureSet
 from .features.extract import DEFAULT_SHARD_SIZE
-from .methods import available_methods, fit_input, fit_method, model_class
+from .methods import available_methods, fit_input, fit_method, load_model
 from .methods.base import Assignment, ClusterModel, FitContext
 
 _logger = logging.getLogger(__name__)
@@ -269,7 +269,7 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
             raise ImgclustError(f"{meta_path} is not an imgclust model file", "point at an imgclust run folder")
         estimator = cls(**meta["estimator"])
         estimator.backbone_ = None
-        estimator.model_ = model_class(meta["method"]).from_state(tensors, meta["model_config"])
+        estimator.model_ = load_model(meta["method"], tensors, meta["model_config"])
         saved_id = meta["backbone"].get("weights_id")
         if saved_id:
             current = estimator._backbone().weights_id

@@ -75,3 +75,13 @@ def fit_input(name: str, options: dict[str, Any]) -> str:
 def model_class(name: str) -> type[ClusterModel]:
     """The :class:`ClusterModel` subclass of method ``name`` (to rebuild a saved model)."""
     return get_method(name).model
+
+
+def load_model(name: str, tensors: dict[str, Any], config: dict[str, Any]) -> ClusterModel:
+    """Rebuild a saved model of method ``name``: its own model class, or a consensus of several of them."""
+    member = model_class(name)
+    if "consensus" in config:
+        from .consensus import ConsensusModel
+
+        return ConsensusModel.from_state(tensors, config, member_from_state=member.from_state)
+    return member.from_state(tensors, config)

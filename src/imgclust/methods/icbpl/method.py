@@ -397,6 +397,7 @@ _DATA_OPTIONS = {
     "augment": "simclr",     # BatchAugment recipe of the views
     "on_the_fly": None,      # images form (default: on CUDA when fine-tuning)
     "cache_dtype": "float32",
+    "n_restarts": 1,         # head mode: heads trained with seeds seed..seed+R-1, combined by consensus
 }
 _TRAIN_DEFAULTS = {"epochs": 50, "batch_size": 256, "lr": 1e-3, "optimizer": "adam", "schedule": "cosine"}
 
@@ -434,6 +435,11 @@ def fit_icbpl(context: FitContext) -> FitResult:
 
     icbpl_config, train_config, data = _split_options(dict(context.options), context.n_clusters, context.seed)
     blocks = int(data["trainable_blocks"])
+    n_restarts = int(data["n_restarts"])
+    if n_restarts < 1 or (n_restarts > 1 and blocks > 0):
+        raise ImgclustError(f"n_restarts={n_restarts} is not possible with trainable_blocks={blocks}",
+                            "use n_restarts >= 1, and restarts in head mode only (trainable_blocks=0): "
+                            "fine-tuned restarts would share one backbone")
     features = np.asarray(context.features, dtype=np.float32)
     if context.dataset is None or context.backbone is None:
         if blocks > 0:
@@ -446,20 +452,39 @@ def fit_icbpl(context: FitContext) -> FitResult:
                                 device=context.device, on_the_fly=data["on_the_fly"], cache_dir=context.cache_dir,
                                 batch_size=context.batch_size, num_workers=context.num_workers, seed=context.seed,
                                 labels=context.labels, reference_features=features,
-                                cache_dtype=str(data["cache_dtype"]), precision=context.precision, progress=context.progress,
-                                shard_size=context.shard_size)
-    method = ICBPL(icbpl_config)
-    result = fit(method, inputs, train_config, device=context.device, run_dir=context.run_dir,
-                 resume=context.resume)
-    net = result.model
-    labels, confidence, distance = _assign_clean(net, inputs, torch.device(context.device),
-                                                 train_config.eval_batch_size)
-    model = ICBPLModel(net, icbpl_config, inputs.feature_dim, getattr(context.backbone, "name", None), blocks)
-    info = {"epochs": result.epochs_done, "best_epoch": result.best_epoch, "best_score": result.best_score,
-            "resumed_from": result.resumed_from, "history": result.history, "trainable_blocks": blocks,
-            "config": dataclasses.asdict(icbpl_config), "train_config": train_config.to_dict(),
-            "confidence_temperature": icbpl_config.temperature}
-    return FitResult(model=model, assignment=Assignment(labels, confidence, distance), info=info)
+                                cache_dtype=str(data["cache_dtype"]), precision=context.precision,
+                                progress=context.progress, shard_size=context.shard_size)
+    members, assignments, infos = [], [], []
+    for restart in range(n_restarts):
+        # Restart r is the single run with seed + r; with several, each keeps its checkpoints in restart-r/.
+        run_dir = context.run_dir
+        if n_restarts > 1 and run_dir is not None:
+            run_dir = run_dir / f"restart-{restart}"
+        config = dataclasses.replace(train_config, seed=train_config.seed + restart)
+        method = ICBPL(icbpl_config)
+        result = fit(method, inputs, config, device=context.device, run_dir=run_dir, resume=context.resume)
+        if inputs.neighbors is None and method.mined_at == -1:
+            # the next restarts reuse the neighbours mined on the same backbone features
+            inputs = dataclasses.replace(inputs, neighbors=method.neighbors.numpy())
+        labels, confidence, distance = _assign_clean(result.model, inputs, torch.device(context.device),
+                                                     train_config.eval_batch_size)
+        members.append(ICBPLModel(result.model, icbpl_config, inputs.feature_dim,
+                                  getattr(context.backbone, "name", None), blocks))
+        assignments.append(Assignment(labels, confidence, distance))
+        infos.append({"seed": config.seed, "epochs": result.epochs_done, "best_epoch": result.best_epoch,
+                      "best_score": result.best_score, "resumed_from": result.resumed_from,
+                      "history": result.history})
+    info = {**infos[0], "trainable_blocks": blocks, "config": dataclasses.asdict(icbpl_config),
+            "train_config": train_config.to_dict(), "confidence_temperature": icbpl_config.temperature}
+    if n_restarts == 1:
+        return FitResult(model=members[0], assignment=assignments[0], info=info)
+    from ..consensus import ConsensusModel, consensus_partition, mean_pairwise_nmi
+
+    labelings = [a.labels for a in assignments]
+    consensus = consensus_partition(labelings, icbpl_config.n_clusters, seed=context.seed)
+    model = ConsensusModel(members, consensus.centres)
+    info.update(restarts=infos, restart_agreement_nmi=mean_pairwise_nmi(labelings))
+    return FitResult(model=model, assignment=model.assign_labelings(labelings), info=info)
 
 
 @torch.no_grad()
