@@ -171,6 +171,17 @@ def test_fingerprint_follows_file_content_not_timestamps(tmp_path: Path) -> None
     assert FolderDataset(tmp_path / "moved").fingerprint() == third
 
 
+def test_fingerprint_never_opens_a_named_pipe(tmp_path: Path) -> None:
+    root = tmp_path / "imgs"
+    _png(root / "a.png", 10)
+    os.mkfifo(root / "pipe.jpg")                  # opening it for reading would block until a writer comes
+    result: list[str] = []
+    worker = threading.Thread(target=lambda: result.append(FolderDataset(root).fingerprint()), daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert result, "fingerprint() blocked on a named pipe"
+
+
 def test_fingerprint_samples_large_files_and_remembers_digests(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     big = tmp_path / "big.bin"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from stat import S_ISREG
 from pathlib import Path
 from typing import Sequence
 
@@ -89,6 +90,9 @@ class _ContentDigests:
             stat = os.stat(path)
         except OSError:
             return -1, ""
+        if not S_ISREG(stat.st_mode):
+            # a named pipe or device with an image name: opening it could block forever; load() reports it
+            return -1, "not a regular file"
         identity = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
         remembered = self._memo.get(path)
         if remembered is not None and remembered[0] == identity:
@@ -106,7 +110,12 @@ _SAMPLE_BYTES = 64 * 1024
 
 def _sampled_digest(path: str, size: int) -> str:
     digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as handle:
+    # O_NONBLOCK: should the file have been swapped for a pipe since the stat, opening it must not hang
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    if not S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return "not a regular file"
+    with os.fdopen(fd, "rb") as handle:
         if size <= 3 * _SAMPLE_BYTES:
             digest.update(handle.read())
         else:
