@@ -62,8 +62,8 @@ class PathListDataset(ImageDataset):
 
         Content, not modification times: a copied or restored folder (new mtimes, same bytes) keeps its feature
         cache, and an edited file changes it even when its size and mtime don't. Paths are taken relative to
-        the scanned root when there is one, so a moved folder keeps its cache too. A file that can't be read
-        contributes (-1, "").
+        the scanned root when there is one, so a moved folder keeps its cache too. A file that can't be read,
+        or is not a regular file, contributes (-1, "").
         """
         digest = hashlib.sha256(f"max_pixels={self.max_pixels} draft_size={self.draft_size}\n".encode())
         for item in self.items:
@@ -92,7 +92,7 @@ class _ContentDigests:
             return -1, ""
         if not S_ISREG(stat.st_mode):
             # a named pipe or device with an image name: opening it could block forever; load() reports it
-            return -1, "not a regular file"
+            return -1, ""
         identity = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
         remembered = self._memo.get(path)
         if remembered is not None and remembered[0] == identity:
@@ -114,7 +114,7 @@ def _sampled_digest(path: str, size: int) -> str:
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     if not S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        return "not a regular file"
+        raise OSError(f"{path} is not a regular file")
     with os.fdopen(fd, "rb") as handle:
         if size <= 3 * _SAMPLE_BYTES:
             digest.update(handle.read())
