@@ -12,7 +12,8 @@ efficientnet_lite0, cached under benchmarks/cache/):
   scikit-learn's digits (all 1,797) — scored with the chosen defaults only (nothing is tuned on them).
 
 Each part repeats the estimate with seeds 0, 1, 2 over K = 2..30; labels are used only to score the estimate.
-"default s" is the time of the default estimate alone (what `imgclust cluster` without -k adds). Prints the
+"default s" is the time of the default estimate alone (what `imgclust cluster` without -k adds); "true K on
+profile" is the range of resolutions γ over which modularity chooses the true K (seed 0; "—": at none). Prints the
 tables and writes its part into benchmarks/results/k_estimation.json (keeping the other part).
 
     .venv/bin/python benchmarks/k_estimation.py dev|eval [--k-range 2:30] [--sets a,b] [--seeds 0,1,2]
@@ -35,7 +36,7 @@ from _kfeatures import DEV_SETS, SETS  # noqa: E402
 
 from imgclust.kselect import (CRITERIA, DEFAULT_CRITERION, DEFAULT_N_NEIGHBORS, DEFAULT_RESOLUTION,  # noqa: E402
                               estimate_k, graph_neighbors, kmeans_runs, modularity, parse_k_range,
-                              single_threaded)
+                              resolution_range_text, single_threaded)
 from imgclust.neighbors import nearest_neighbors, normalize_features  # noqa: E402
 
 GRID_NEIGHBORS = (10, 30, 40, 50, 60, 80)
@@ -78,6 +79,9 @@ def compare_criteria(sets: Sets, seeds: list[int], k_range: str) -> tuple[list[d
             got = choices[name][criterion]
             row[criterion] = f"{got[0]}" + (f" ({min(got)}–{max(got)})" if min(got) != max(got) else "")
         row["default s"] = round(default_only.seconds, 1)
+        # Where the true K is a level of the resolution profile (seed 0), if it is one at all.
+        levels = [step for step in runs[0]["resolution_profile"] if step["k"] == true_k]
+        row["true K on profile"] = ", ".join(f"γ {resolution_range_text(step)}" for step in levels) or "—"
         rows.append(row)
         details[name] = {"true_k": true_k, "n_images": int(len(y)), "feature_seconds": round(feature_seconds, 1),
                          "choices_per_seed": choices[name], "seeds": seeds,
@@ -155,7 +159,7 @@ def main() -> None:
 
     rows, details, summary = compare_criteria(sets, seeds, args.k_range)
     print()
-    table = print_table(rows, ["set", "images", "true K", *CRITERIA, "default s"])
+    table = print_table(rows, ["set", "images", "true K", *CRITERIA, "default s", "true K on profile"])
     part = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": git_commit(), "k_range": args.k_range,
             "seeds": seeds, "summary": summary, "table_markdown": table, "sets": details}
     if args.part == "dev":

@@ -11,8 +11,8 @@ import pytest
 from conftest import cifar10_subset_paths
 from imgclust.errors import ImgclustError
 from imgclust.kselect import (CRITERIA, DEFAULT_CRITERION, DEFAULT_N_NEIGHBORS, DEFAULT_RESOLUTION, KSelection,
-                              estimate_k, format_curve, graph_neighbors, modularity, parse_k_range,
-                              write_k_selection)
+                              estimate_k, format_curve, graph_neighbors, modularity, modularity_terms,
+                              parse_k_range, resolution_profile, steps_in_view, write_k_selection)
 
 
 def _blobs(k: int, n_per: int = 40, dim: int = 32, spread: float = 0.15, seed: int = 0
@@ -63,6 +63,59 @@ def test_resolution_chooses_the_level_of_a_hierarchy() -> None:
     assert fine.settings == {"n_runs": 2, "n_init": 3, "n_neighbors": 10, "resolution": 1.5}
 
 
+def test_resolution_profile_shows_both_levels_of_a_hierarchy() -> None:
+    """One estimate gives the whole profile: the 2 groups at low γ, the 6 sub-groups at high γ, and at the
+    estimate's own γ the profile's K is the chosen K."""
+    x = _two_level_blobs()
+    sel = estimate_k(x, k_range=(2, 10), n_neighbors=10, resolution=0.3, n_runs=2, n_init=3)
+    ks = [step.k for step in sel.profile]
+    assert ks[0] == 2 and 6 in ks and ks == sorted(ks), sel.profile
+    assert sel.profile[0].resolution_from == 0 and sel.profile[-1].resolution_to == float("inf")
+    at = [step.k for step in sel.profile if step.resolution_from <= 0.3 < step.resolution_to]
+    assert at == [sel.k] == [2]
+    at_fine = [step.k for step in sel.profile if step.resolution_from <= 1.5 < step.resolution_to]
+    assert at_fine == [6]
+    intra, expected = np.array(sel.curves["modularity_intra"]), np.array(sel.curves["modularity_expected"])
+    assert np.allclose(sel.curves["modularity"], intra - 0.3 * expected)
+    saved = sel.to_dict()["resolution_profile"]
+    assert saved[-1]["resolution_to"] is None and [s["k"] for s in saved] == ks
+    assert json.loads(json.dumps(saved)) == saved
+
+
+def test_resolution_profile_is_the_exact_upper_envelope() -> None:
+    """At every γ, the profile's K is the argmax of intra − γ·expected over all K (random curves, dense γ)."""
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        n = int(rng.integers(2, 25))
+        ks = list(range(2, 2 + n))
+        intra = np.sort(rng.uniform(0.2, 1.0, n))[::-1] + rng.normal(0, 0.02, n)  # coarse K keep more edges
+        expected = np.sort(rng.uniform(0.01, 0.6, n))[::-1]
+        if trial % 5 == 0:
+            intra[rng.integers(n)] = np.nan  # a K whose runs could not be scored is left out
+        steps = resolution_profile(ks, intra, expected)
+        assert steps[0].resolution_from == 0 and steps[-1].resolution_to == float("inf")
+        assert all(a.resolution_to == b.resolution_from for a, b in zip(steps, steps[1:]))
+        assert all(step.resolution_to > step.resolution_from for step in steps)
+        finite = np.isfinite(intra)
+        for gamma in np.exp(rng.uniform(np.log(1e-3), np.log(50), 200)):
+            score = np.where(finite, intra - gamma * expected, -np.inf)
+            best = int(np.argmax(score))
+            if np.sort(score)[-2] > score[best] - 1e-9:
+                continue  # a tie at this γ: either K is right
+            (step,) = [s for s in steps if s.resolution_from <= gamma < s.resolution_to]
+            assert step.k == ks[best], (trial, gamma)
+    assert resolution_profile([2, 3], [np.nan, np.nan], [0.5, 0.3]) == []
+
+
+def test_modularity_terms_match_modularity() -> None:
+    rng = np.random.default_rng(1)
+    neighbors = rng.integers(0, 50, size=(50, 6))
+    labels = rng.integers(0, 4, size=50)
+    intra, expected = modularity_terms(neighbors, labels)
+    assert modularity(neighbors, labels, 0.7) == pytest.approx(intra - 0.7 * expected)
+    assert 0 < expected < 1 and 0 <= intra <= 1
+
+
 def test_modularity_resolution_and_known_values() -> None:
     # Two 4-cliques joined by nothing: each node's 3 neighbours are the rest of its clique.
     neighbors = np.array([[j for j in range(4 * (i // 4), 4 * (i // 4) + 4) if j != i] for i in range(8)])
@@ -96,6 +149,9 @@ def test_selection_is_complete_and_serialisable(tmp_path: Path) -> None:
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = format_curve(sel)
     assert "K estimated: 4" in text and "← chosen" in text
+    shown = steps_in_view(saved["resolution_profile"])
+    assert shown and "modularity by resolution γ" in text
+    assert all(f"K={step['k']} for γ" in text.replace("\u00a0", " ") for step in shown)
 
 
 def test_deterministic() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 import shutil
@@ -75,6 +76,11 @@ def test_report_files_and_escaping(run: Path) -> None:
     assert {p.name for p in (run / "plots").glob("*.png")} == {"cluster_sizes.png", "embedding_map.png",
                                                                "k_selection.png", "confusion.png"}
     assert (run / "k_selection.json").exists() and (run / "k_selection.png").exists()
+    selection = json.loads((run / "k_selection.json").read_text())
+    chosen = [step for step in selection["resolution_profile"]
+              if step["resolution_from"] <= selection["settings"]["resolution"] < (step["resolution_to"] or 1e9)]
+    assert [step["k"] for step in chosen] == [selection["k"]]    # the profile agrees with the estimate
+    assert f"<tr><th>K = {selection['k']} (chosen)</th>" in text  # and the report shows it
 
 
 @pytest.mark.shared_data

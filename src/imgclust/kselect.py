@@ -42,6 +42,7 @@ the curve (k_selection.png, the report), and pass -k when you know.
 from __future__ import annotations
 
 import contextlib
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,8 @@ class KSelection:
         seconds: time taken.
         settings: the estimate's settings that shape the curves (k-means runs per K, graph neighbours,
             modularity resolution).
+        profile: when modularity was computed, the K it would choose at every resolution γ
+            (:func:`resolution_profile`, coarse to fine); empty otherwise.
     """
 
     k: int
@@ -97,6 +100,7 @@ class KSelection:
     seed: int = 0
     seconds: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
+    profile: list[ResolutionStep] = field(default_factory=list)
 
     def choice(self, criterion: str) -> int:
         """The K that ``criterion`` would choose (it must be in ``curves``)."""
@@ -111,6 +115,7 @@ class KSelection:
             "choices": {name: self.choice(name) for name in self.curves if name in CRITERIA},
             "n_samples": self.n_samples, "n_total": self.n_total, "seed": self.seed,
             "seconds": round(self.seconds, 3), "settings": self.settings,
+            "resolution_profile": [step.to_dict() for step in self.profile],
         }
 
 
@@ -166,11 +171,13 @@ def _silhouette(x: np.ndarray, labels: np.ndarray) -> float:
     return float(silhouette_score(x, labels, metric="cosine"))
 
 
-def modularity(neighbors: np.ndarray, labels: np.ndarray, resolution: float = 1.0) -> float:
-    """Modularity of ``labels`` on the graph ``A = G + Gᵀ`` of the directed kNN table ``neighbors`` (N, k).
+def modularity_terms(neighbors: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """The two terms of the modularity of ``labels`` on the graph ``A = G + Gᵀ`` of the directed kNN table
+    ``neighbors`` (N, k): ``(intra, expected)``, so that Q(γ) = intra − γ · expected.
 
-    Every node has out-degree k; its degree in ``A`` is k + its in-degree. Q = (intra-cluster edge weight) / 2m
-    − γ Σ_c (degree share of cluster c)², with γ = ``resolution`` (1: Newman's modularity, in [−½, 1)).
+    ``intra`` is the fraction of edge weight inside clusters; ``expected`` = Σ_c (degree share of cluster c)², the
+    fraction expected by chance for clusters of those degrees (every node has out-degree k; its degree in ``A``
+    is k + its in-degree).
     """
     n, k = neighbors.shape
     n_clusters = int(labels.max()) + 1
@@ -178,7 +185,58 @@ def modularity(neighbors: np.ndarray, labels: np.ndarray, resolution: float = 1.
     degree = np.bincount(labels, minlength=n_clusters) * k + np.bincount(labels[neighbors].ravel(),
                                                                           minlength=n_clusters)
     share = degree / degree.sum()
-    return intra - resolution * float((share ** 2).sum())
+    return intra, float((share ** 2).sum())
+
+
+def modularity(neighbors: np.ndarray, labels: np.ndarray, resolution: float = 1.0) -> float:
+    """Modularity of ``labels`` on the kNN graph (:func:`modularity_terms`): intra − γ · expected, with
+    γ = ``resolution`` (1: Newman's modularity, in [−½, 1))."""
+    intra, expected = modularity_terms(neighbors, labels)
+    return intra - resolution * expected
+
+
+@dataclass(frozen=True)
+class ResolutionStep:
+    """The modularity criterion chooses ``k`` for every resolution γ in [``resolution_from``, ``resolution_to``)."""
+
+    k: int
+    resolution_from: float
+    resolution_to: float  # inf for the finest step
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"k": self.k, "resolution_from": round(self.resolution_from, 6),
+                "resolution_to": None if not np.isfinite(self.resolution_to) else round(self.resolution_to, 6)}
+
+
+def resolution_profile(k_values: Sequence[int], intra: Sequence[float], expected: Sequence[float]
+                       ) -> list[ResolutionStep]:
+    """Which K the modularity criterion chooses at every resolution γ ≥ 0, exactly.
+
+    Each K scores a line in γ, intra(K) − γ · expected(K) (:func:`modularity_terms`, averaged over the k-means
+    runs), so the K chosen as γ grows is the upper envelope of these lines: γ = 0 takes the K that keeps the most
+    edges inside clusters (the coarsest), and each step hands over to a K with a smaller ``expected`` (finer
+    clusters) where its line overtakes. The steps are the levels of structure the graph sees, coarse to fine: a K
+    that wins over a wide range of γ is a stable level, and the neighbouring steps of the chosen K are the
+    natural alternatives to it. K whose terms are not finite are left out.
+    """
+    a, b = np.asarray(intra, dtype=float), np.asarray(expected, dtype=float)
+    usable = [i for i in range(len(k_values)) if np.isfinite(a[i]) and np.isfinite(b[i])]
+    if not usable:
+        return []
+    # γ = 0: the most edges inside; ties go to the smaller expected term, which then wins at any γ > 0.
+    current = min(usable, key=lambda i: (-a[i], b[i]))
+    gamma, steps = 0.0, []
+    while True:
+        crossings = [((a[current] - a[j]) / (b[current] - b[j]), b[j], j) for j in usable if b[j] < b[current]]
+        crossings = [c for c in crossings if c[0] >= gamma]
+        if not crossings:
+            steps.append(ResolutionStep(int(k_values[current]), gamma, float("inf")))
+            return steps
+        # The first line to overtake; among lines overtaking at the same γ, the one steepest down wins after it.
+        overtake, _, nxt = min(crossings)
+        if overtake > gamma:
+            steps.append(ResolutionStep(int(k_values[current]), gamma, overtake))
+        gamma, current = overtake, nxt
 
 
 def eigenvalues(x: np.ndarray, n_eigen: int, n_neighbors: int = DEFAULT_N_NEIGHBORS) -> np.ndarray:
@@ -302,7 +360,7 @@ def single_threaded() -> Iterator[None]:
             faiss.omp_set_num_threads(previous)
 
 
-_PARTITION_CRITERIA = ("modularity", "silhouette", "calinski_harabasz", "davies_bouldin")
+_PARTITION_CRITERIA = ("silhouette", "calinski_harabasz", "davies_bouldin")
 
 
 def kmeans_runs(x: np.ndarray, k: int, seed: int, n_runs: int, n_init: int) -> list[Any]:
@@ -320,12 +378,9 @@ def graph_neighbors(requested: int, n: int) -> int:
     return max(1, min(requested, max(5, int(MAX_NEIGHBOR_FRACTION * n)), n - 1))
 
 
-def _partition_score(name: str, x: np.ndarray, labels: np.ndarray, graph: np.ndarray | None,
-                     resolution: float) -> float:
+def _partition_score(name: str, x: np.ndarray, labels: np.ndarray) -> float:
     if len(np.unique(labels)) < 2:
         return float("nan")
-    if name == "modularity":
-        return modularity(graph, labels, resolution)
     if name == "silhouette":
         return _silhouette(x, labels)
     if name == "calinski_harabasz":
@@ -355,14 +410,24 @@ def _estimate_k(features: Any, low_high: tuple[int, int], wanted: list[str], see
 
     curves: dict[str, list[float]] = {name: [] for name in wanted}
     curves["inertia"] = []
+    if graph is not None:
+        curves["modularity_intra"], curves["modularity_expected"] = [], []
     for k in _progress(ks, progress, "estimating K"):
         sums: dict[str, list[float]] = {name: [] for name in wanted if name in _PARTITION_CRITERIA}
-        inertia = []
+        inertia, terms = [], []
         for result in kmeans_runs(x, k, seed, n_runs, n_init):
             inertia.append(result.inertia)
             for name in sums:
-                sums[name].append(_partition_score(name, x, result.labels, graph, resolution))
+                sums[name].append(_partition_score(name, x, result.labels))
+            if graph is not None and len(np.unique(result.labels)) > 1:
+                terms.append(modularity_terms(graph, result.labels))
         curves["inertia"].append(float(np.mean(inertia)))
+        if graph is not None:
+            # Q is linear in γ, so the mean of the runs' Q is the mean intra minus γ times the mean expected.
+            intra, expected = np.mean(terms, axis=0) if terms else (float("nan"), float("nan"))
+            curves["modularity_intra"].append(float(intra))
+            curves["modularity_expected"].append(float(expected))
+            curves["modularity"].append(float(intra) - resolution * float(expected))
         for name, values in sums.items():
             curves[name].append(float(np.nanmean(values)) if np.isfinite(values).any() else float("nan"))
         if "stability" in wanted:
@@ -375,11 +440,14 @@ def _estimate_k(features: Any, low_high: tuple[int, int], wanted: list[str], see
     scores = curves[criterion]
     if not np.isfinite(scores).any():
         raise ImgclustError("could not score any K (are all the images identical?)", "pass -k explicitly")
+    profile = (resolution_profile(ks, curves["modularity_intra"], curves["modularity_expected"])
+               if graph is not None else [])
     return KSelection(k=ks[int(np.nanargmax(scores))], criterion=criterion, k_values=ks, scores=list(scores),
                       curves=curves, n_samples=x.shape[0], n_total=n_total, seed=seed,
                       seconds=time.perf_counter() - started,
                       settings={"n_runs": n_runs, "n_init": n_init, "n_neighbors": n_neighbors,
-                                "resolution": resolution})
+                                "resolution": resolution},
+                      profile=profile)
 
 
 def _progress(values: list[int], enabled: bool, desc: str) -> Any:
@@ -426,7 +494,37 @@ def format_curve(selection: KSelection, width: int = 30) -> str:
         bar = "" if not np.isfinite(s) else "█" * max(1, int(round((s - low) / span * width)))
         mark = "  ← chosen" if k == selection.k else ""
         lines.append(f"  K={k:>3}  {s:>9.4f}  {bar}{mark}")
+    steps = steps_in_view([step.to_dict() for step in selection.profile])
+    if steps:
+        resolution = selection.settings.get("resolution")
+        lines.append(f"  modularity by resolution γ (the estimate uses γ = {resolution}; lower γ = coarser; "
+                     "a K that holds over a wide range of γ is a stable level):")
+        # No-break spaces inside an item keep "K=… for γ …" on one line.
+        items = [f"K={step['k']} for γ {resolution_range_text(step)}".replace(" ", "\u00a0") for step in steps]
+        lines += textwrap.wrap(" · ".join(items),
+                               width=100, initial_indent="    ", subsequent_indent="    ", break_on_hyphens=False)
     return "\n".join(lines)
+
+
+#: Resolutions shown in the terminal, the plot and the report; below and above lie the trivial ends (one
+#: coarse split, then ever more clusters). ``k_selection.json`` keeps the whole profile.
+PROFILE_VIEW = (0.25, 4.0)
+
+
+def steps_in_view(profile: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The steps of a saved resolution profile (``KSelection.to_dict()["resolution_profile"]``) that overlap
+    :data:`PROFILE_VIEW`."""
+    low, high = PROFILE_VIEW
+    return [step for step in profile
+            if step["resolution_from"] < high and (step["resolution_to"] is None or step["resolution_to"] > low)]
+
+
+def resolution_range_text(step: dict[str, Any]) -> str:
+    if step["resolution_to"] is None:
+        return f"≥ {step['resolution_from']:.2f}"
+    if step["resolution_from"] == 0:
+        return f"< {step['resolution_to']:.2f}"
+    return f"{step['resolution_from']:.2f}–{step['resolution_to']:.2f}"
 
 
 def select_k_for_source(clusterer: Any, source: Any, k_range: Any = None, criterion: str = DEFAULT_CRITERION,

@@ -218,6 +218,22 @@ def _table(rows: list[tuple[Any, Any]], cls: str = "kv") -> str:
     return f'<table class="{cls}">{body}</table>'
 
 
+def _resolution_profile_html(selection: dict[str, Any]) -> str:
+    """The levels of structure the modularity criterion sees (K per resolution γ), as a sentence and a table."""
+    from ..kselect import resolution_range_text, steps_in_view
+
+    steps = steps_in_view(selection.get("resolution_profile") or [])
+    if not steps:
+        return ""
+    resolution = (selection.get("settings") or {}).get("resolution")
+    rows = [(f"K = {step['k']}" + (" (chosen)" if step["k"] == selection["k"] else ""),
+             f"γ {resolution_range_text(step)}") for step in steps]
+    return (f"<p>The K that modularity chooses at each resolution γ (the estimate uses γ = {_e(resolution)}; a "
+            "lower γ prefers fewer, larger clusters). A K that holds over a wide range of γ is a stable level of "
+            "structure; the steps next to the chosen K are the natural alternatives when its clusters look "
+            "too coarse or too fine: re-run with -k.</p>" + _table(rows))
+
+
 def _name(item: str) -> str:
     return os.path.basename(item) or item
 
@@ -328,6 +344,7 @@ def build_report_html(data: RunData, figures: dict[str, bytes], thumbs: dict[int
                      "images. The full curve is in k_selection.json.</p>")
         if "k_selection" in figures:
             parts.append(_figure_html(_png_uri(figures["k_selection"]), "K selection curve"))
+        parts.append(_resolution_profile_html(sel))
         parts.append("</section>")
 
     if data.metrics:
