@@ -19,14 +19,16 @@ from _common import REPO, require_cifar10
 
 CACHE = REPO / "benchmarks" / "cache" / "features"
 PER_CLASS = 300  # 3,000 images for the 10-class sets: a few minutes of extraction on a 2-core CPU
+#: Backbone the features come from (``k_estimation.py --backbone``); the default is the library's.
+DEFAULT_BACKBONE = BACKBONE = "efficientnet_lite0"
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-def _extract(dataset, backbone_name: str = "efficientnet_lite0") -> np.ndarray:
+def _extract(dataset) -> np.ndarray:
     from imgclust.backbones import create_backbone
     from imgclust.features import extract_features
 
-    backbone = create_backbone(backbone_name)
+    backbone = create_backbone(BACKBONE)
     if hasattr(dataset, "draft_size"):
         dataset.draft_size = backbone.preprocess.input_size
     fs = extract_features(dataset, backbone, cache_dir=CACHE, device="cpu", batch_size=64, progress=True)
@@ -122,8 +124,10 @@ def load_all() -> dict[str, tuple[int, np.ndarray, np.ndarray]]:
     return {name: (k, *load()) for name, (k, load) in SETS.items()}
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # extract (and cache) every set: python _kfeatures.py [BACKBONE]
+    import sys
     import time
+    BACKBONE = sys.argv[1] if len(sys.argv) > 1 else BACKBONE
     for name, (k, load) in {**SETS, **DEV_SETS}.items():
         x, y = load()
         print(name, k, x.shape, np.bincount(y), time.strftime("%X"))

@@ -17,6 +17,7 @@ profile" is the range of resolutions γ over which modularity chooses the true K
 tables and writes its part into benchmarks/results/k_estimation.json (keeping the other part).
 
     .venv/bin/python benchmarks/k_estimation.py dev|eval [--k-range 2:30] [--sets a,b] [--seeds 0,1,2]
+        [--backbone efficientnet_lite2]
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, git_commit, print_table, save_result  # noqa: E402
+import _kfeatures  # noqa: E402
 from _kfeatures import DEV_SETS, SETS  # noqa: E402
 
 from imgclust.kselect import (CRITERIA, DEFAULT_CRITERION, DEFAULT_N_NEIGHBORS, DEFAULT_RESOLUTION,  # noqa: E402
@@ -152,7 +154,11 @@ def main() -> None:
     parser.add_argument("--k-range", default="2:30")
     parser.add_argument("--sets", default=None, help="comma-separated subset of the part's sets")
     parser.add_argument("--seeds", default="0,1,2", help="estimate repeated with each seed (spread reported)")
+    parser.add_argument("--backbone", default=_kfeatures.BACKBONE,
+                        help="features from this backbone (the estimator's setting is not changed); results of a "
+                             "backbone other than the default go to k_estimation-BACKBONE.json")
     args = parser.parse_args()
+    _kfeatures.BACKBONE = args.backbone
     seeds = [int(v) for v in args.seeds.split(",")]
     all_sets = DEV_SETS if args.part == "dev" else SETS
     sets = {name: all_sets[name] for name in (args.sets.split(",") if args.sets else all_sets)}
@@ -174,14 +180,15 @@ def main() -> None:
             print(f"grid cell of the default reproduces estimate_k: {same}")
             part["grid_reproduces_estimate_k"] = same
 
-    previous = RESULTS / "k_estimation.json"
+    name = "k_estimation" if args.backbone == _kfeatures.DEFAULT_BACKBONE else f"k_estimation-{args.backbone}"
+    previous = RESULTS / f"{name}.json"
     kept = json.loads(previous.read_text()) if previous.exists() else {}
     parts = {key: kept[key] for key in ("dev", "evaluation") if key in kept}
     parts["evaluation" if args.part == "eval" else "dev"] = part
-    path = save_result("k_estimation", {
+    path = save_result(name, {
         "default": {"criterion": DEFAULT_CRITERION, "n_neighbors": DEFAULT_N_NEIGHBORS,
                     "resolution": DEFAULT_RESOLUTION},
-        "backbone": "efficientnet_lite0", **parts})
+        "backbone": args.backbone, **parts})
     print(f"\nwritten {path}")
 
 

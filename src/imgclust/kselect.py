@@ -37,6 +37,12 @@ exact on 3 and within ±20 % on all, is not met): CIFAR-10 gives 5 for 10, digit
 right everywhere: how finely the classes of a data set split the feature space differs between data sets
 (CIFAR animals blend into ~5 groups whatever their number), so treat the estimate as a starting point, look at
 the curve (k_selection.png, the report), and pass -k when you know.
+
+To help with that choice, every estimate that computes modularity also keeps its two terms per K and derives
+the **resolution profile** (:func:`resolution_profile`): the K that modularity would choose at every resolution
+γ, computed exactly (each K's score is a line in γ; the profile is their upper envelope). Its steps are the
+levels of structure the graph sees, coarse to fine; the steps next to the chosen K are the natural -k to try
+when its clusters look merged or split. They are printed, plotted beside the curve and listed in the report.
 """
 
 from __future__ import annotations
