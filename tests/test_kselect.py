@@ -12,7 +12,8 @@ from conftest import cifar10_subset_paths
 from imgclust.errors import ImgclustError
 from imgclust.kselect import (CRITERIA, DEFAULT_CRITERION, DEFAULT_N_NEIGHBORS, DEFAULT_RESOLUTION, KSelection,
                               estimate_k, format_curve, graph_neighbors, modularity, modularity_terms,
-                              parse_k_range, resolution_profile, steps_in_view, write_k_selection)
+                              neighbouring_levels, parse_k_range, resolution_profile, steps_in_view,
+                              write_k_selection)
 
 
 def _blobs(k: int, n_per: int = 40, dim: int = 32, spread: float = 0.15, seed: int = 0
@@ -77,6 +78,7 @@ def test_resolution_profile_shows_both_levels_of_a_hierarchy() -> None:
     assert at_fine == [6]
     intra, expected = np.array(sel.curves["modularity_intra"]), np.array(sel.curves["modularity_expected"])
     assert np.allclose(sel.curves["modularity"], intra - 0.3 * expected)
+    assert neighbouring_levels(sel) == (None, ks[1])  # 2 is the coarsest level: nothing coarser
     saved = sel.to_dict()["resolution_profile"]
     assert saved[-1]["resolution_to"] is None and [s["k"] for s in saved] == ks
     assert json.loads(json.dumps(saved)) == saved
@@ -207,3 +209,20 @@ def test_real_features_three_cifar_classes(cifar10_dir: Path, tmp_path: Path) ->
     assert 3 <= sel.k <= 4, format_curve(sel)
     assert sel.choice("eigengap") in (3, 4)
     assert sel.choice("silhouette") in (2, 3)  # the coarse split: why silhouette is not the default
+
+
+@pytest.mark.shared_data
+def test_cli_summary_names_the_neighbouring_levels(cifar10_small_folder: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """`cluster` without -k tells the user which -k to try next: the steps on each side of the chosen K."""
+    from imgclust.cli import main
+
+    out = tmp_path / "run"
+    assert main(["cluster", str(cifar10_small_folder), "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+                 "-q"]) == 0
+    text = capsys.readouterr().out
+    saved = json.loads((out / "k_selection.json").read_text())
+    ks = [step["k"] for step in saved["resolution_profile"]]
+    i = ks.index(saved["k"])
+    expected = ([f"{ks[i - 1]} (coarser)"] if i > 0 else []) + ([f"{ks[i + 1]} (finer)"] if i + 1 < len(ks) else [])
+    assert f"  next levels of structure: -k {' or -k '.join(expected)}" in text, text

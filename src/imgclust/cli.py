@@ -262,8 +262,14 @@ def _print_summary(clusterer: Any, out: Path, timings: dict[str, float], paths: 
     lines = [f"imgclust: {int(valid.sum())} images → {clusterer.n_clusters} clusters "
              f"({clusterer.method}, {clusterer.backbone}) in {timings['total']:.1f} s"]
     if selection is not None:
+        from .kselect import neighbouring_levels
+
         lines.append(f"  K = {selection.k} estimated by {selection.criterion} over K = {selection.k_values[0]}.."
                      f"{selection.k_values[-1]} (curve: {out / 'k_selection.png'}); force it with -k")
+        coarser, finer = neighbouring_levels(selection)
+        levels = [f"{k} ({what})" for k, what in ((coarser, "coarser"), (finer, "finer")) if k is not None]
+        if levels:
+            lines.append(f"  next levels of structure: -k {' or -k '.join(levels)}")
     if clusterer.skipped_:
         lines.append(f"  skipped {len(clusterer.skipped_)} unreadable file(s), listed in {paths['run']}")
     lines.append("  cluster sizes: " + " ".join(f"{i}:{n}" for i, n in enumerate(sizes)))

@@ -512,6 +512,21 @@ def format_curve(selection: KSelection, width: int = 30) -> str:
     return "\n".join(lines)
 
 
+def neighbouring_levels(selection: KSelection) -> tuple[int | None, int | None]:
+    """The coarser and the finer K next to the chosen one on the resolution profile (``None`` where there is
+    none, or when the profile is empty or K was not chosen by modularity)."""
+    if selection.criterion != "modularity" or not selection.profile:
+        return None, None
+    resolution = selection.settings.get("resolution", DEFAULT_RESOLUTION)
+    index = next((i for i, step in enumerate(selection.profile)
+                  if step.resolution_from <= resolution < step.resolution_to), None)
+    if index is None or selection.profile[index].k != selection.k:
+        return None, None
+    coarser = selection.profile[index - 1].k if index > 0 else None
+    finer = selection.profile[index + 1].k if index + 1 < len(selection.profile) else None
+    return coarser, finer
+
+
 #: Resolutions shown in the terminal, the plot and the report; below and above lie the trivial ends (one
 #: coarse split, then ever more clusters). ``k_selection.json`` keeps the whole profile.
 PROFILE_VIEW = (0.25, 4.0)
