@@ -92,8 +92,8 @@ class KSelection:
         seconds: time taken.
         settings: the estimate's settings that shape the curves (k-means runs per K, graph neighbours,
             modularity resolution).
-        profile: when modularity was computed, the K it would choose at every resolution γ
-            (:func:`resolution_profile`, coarse to fine); empty otherwise.
+
+    :attr:`profile` is derived from the modularity terms in ``curves``.
     """
 
     k: int
@@ -106,7 +106,14 @@ class KSelection:
     seed: int = 0
     seconds: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
-    profile: list[ResolutionStep] = field(default_factory=list)
+
+    @property
+    def profile(self) -> list[ResolutionStep]:
+        """When modularity was computed, the K it would choose at every resolution γ (:func:`resolution_profile`,
+        coarse to fine); empty otherwise."""
+        if "modularity_intra" not in self.curves:
+            return []
+        return resolution_profile(self.k_values, self.curves["modularity_intra"], self.curves["modularity_expected"])
 
     def choice(self, criterion: str) -> int:
         """The K that ``criterion`` would choose (it must be in ``curves``)."""
@@ -385,8 +392,6 @@ def graph_neighbors(requested: int, n: int) -> int:
 
 
 def _partition_score(name: str, x: np.ndarray, labels: np.ndarray) -> float:
-    if len(np.unique(labels)) < 2:
-        return float("nan")
     if name == "silhouette":
         return _silhouette(x, labels)
     if name == "calinski_harabasz":
@@ -423,9 +428,13 @@ def _estimate_k(features: Any, low_high: tuple[int, int], wanted: list[str], see
         inertia, terms = [], []
         for result in kmeans_runs(x, k, seed, n_runs, n_init):
             inertia.append(result.inertia)
+            if len(np.unique(result.labels)) < 2:  # one cluster (identical rows): no criterion can score it
+                for name in sums:
+                    sums[name].append(float("nan"))
+                continue
             for name in sums:
                 sums[name].append(_partition_score(name, x, result.labels))
-            if graph is not None and len(np.unique(result.labels)) > 1:
+            if graph is not None:
                 terms.append(modularity_terms(graph, result.labels))
         curves["inertia"].append(float(np.mean(inertia)))
         if graph is not None:
@@ -446,14 +455,11 @@ def _estimate_k(features: Any, low_high: tuple[int, int], wanted: list[str], see
     scores = curves[criterion]
     if not np.isfinite(scores).any():
         raise ImgclustError("could not score any K (are all the images identical?)", "pass -k explicitly")
-    profile = (resolution_profile(ks, curves["modularity_intra"], curves["modularity_expected"])
-               if graph is not None else [])
     return KSelection(k=ks[int(np.nanargmax(scores))], criterion=criterion, k_values=ks, scores=list(scores),
                       curves=curves, n_samples=x.shape[0], n_total=n_total, seed=seed,
                       seconds=time.perf_counter() - started,
                       settings={"n_runs": n_runs, "n_init": n_init, "n_neighbors": n_neighbors,
-                                "resolution": resolution},
-                      profile=profile)
+                                "resolution": resolution})
 
 
 def _progress(values: list[int], enabled: bool, desc: str) -> Any:

@@ -184,12 +184,42 @@ def confusion_figure(confusion: Sequence[Sequence[int]], class_names: Sequence[s
     return fig
 
 
+def _resolution_profile_panel(profile_ax: Any, steps: list[dict[str, Any]], selection: dict[str, Any]) -> None:
+    """K chosen by modularity over the resolution γ, as stairs on a log axis, the estimate's γ marked."""
+    from matplotlib.ticker import MaxNLocator, NullFormatter
+
+    from ..kselect import PROFILE_VIEW
+
+    low, high = PROFILE_VIEW
+    edges = [max(step["resolution_from"], low) for step in steps] + [
+        min(steps[-1]["resolution_to"] or high, high)]
+    levels = [step["k"] for step in steps]
+    profile_ax.stairs(levels, edges, color="#2ca02c", linewidth=2, baseline=None)
+    for step, left, right in zip(steps, edges[:-1], edges[1:]):
+        profile_ax.annotate(str(step["k"]), (np.sqrt(left * right), step["k"]), textcoords="offset points",
+                            xytext=(0, 4), ha="center", fontsize=8)
+    resolution = (selection.get("settings") or {}).get("resolution")
+    if resolution is not None and low <= resolution <= high:
+        profile_ax.axvline(resolution, color="#d62728", linestyle="--", linewidth=1)
+        profile_ax.annotate(f"γ = {resolution:g}", (resolution, max(levels)), textcoords="offset points",
+                            xytext=(4, -12), color="#d62728")
+    profile_ax.set_xscale("log")
+    profile_ax.set_xlim(low, high)
+    ticks = [t for t in (0.25, 0.5, 1.0, 2.0, 4.0) if low <= t <= high]
+    profile_ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    profile_ax.xaxis.set_minor_formatter(NullFormatter())
+    profile_ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    profile_ax.set_xlabel("resolution γ (log scale; lower = coarser)")
+    profile_ax.set_ylabel("K chosen by modularity")
+    profile_ax.set_title("levels of structure: K over the resolution")
+
+
 def k_selection_figure(selection: dict[str, Any]) -> Any:
     """The criterion's curve over K with the chosen K marked (``selection`` = ``KSelection.to_dict()``), and
     beside it, when the selection has one, the K that modularity chooses at each resolution γ."""
-    from matplotlib.ticker import MaxNLocator, NullFormatter
+    from matplotlib.ticker import MaxNLocator
 
-    from ..kselect import PROFILE_VIEW, steps_in_view
+    from ..kselect import steps_in_view
 
     ks = np.asarray(selection["k_values"])
     scores = np.asarray([np.nan if s is None else s for s in selection["scores"]], dtype=float)
@@ -206,29 +236,7 @@ def k_selection_figure(selection: dict[str, Any]) -> Any:
     ax.set_ylabel(f"{selection['criterion']} (higher is better)")
     ax.set_title(f"choosing K: {selection['criterion']} over K = {ks[0]}..{ks[-1]}")
     if steps:
-        low, high = PROFILE_VIEW
-        edges = [max(step["resolution_from"], low) for step in steps] + [
-            min(steps[-1]["resolution_to"] or high, high)]
-        levels = [step["k"] for step in steps]
-        profile_ax = fig.add_subplot(1, 2, 2)
-        profile_ax.stairs(levels, edges, color="#2ca02c", linewidth=2, baseline=None)
-        for step, left, right in zip(steps, edges[:-1], edges[1:]):
-            profile_ax.annotate(str(step["k"]), (np.sqrt(left * right), step["k"]), textcoords="offset points",
-                                xytext=(0, 4), ha="center", fontsize=8)
-        resolution = (selection.get("settings") or {}).get("resolution")
-        if resolution is not None and low <= resolution <= high:
-            profile_ax.axvline(resolution, color="#d62728", linestyle="--", linewidth=1)
-            profile_ax.annotate(f"γ = {resolution:g}", (resolution, max(levels)), textcoords="offset points",
-                                xytext=(4, -12), color="#d62728")
-        profile_ax.set_xscale("log")
-        profile_ax.set_xlim(low, high)
-        ticks = [t for t in (0.25, 0.5, 1.0, 2.0, 4.0) if low <= t <= high]
-        profile_ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-        profile_ax.xaxis.set_minor_formatter(NullFormatter())
-        profile_ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        profile_ax.set_xlabel("resolution γ (log scale; lower = coarser)")
-        profile_ax.set_ylabel("K chosen by modularity")
-        profile_ax.set_title("levels of structure: K over the resolution")
+        _resolution_profile_panel(fig.add_subplot(1, 2, 2), steps, selection)
     return fig
 
 
