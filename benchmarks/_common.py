@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -51,7 +52,7 @@ def save_result(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     payload = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": git_commit(),
-               "command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(), **payload}
+               "command": shlex.join([Path(sys.executable).name, *sys.argv]), "machine": machine(), **payload}
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
 

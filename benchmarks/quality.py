@@ -103,6 +103,14 @@ def supervised_rows(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray
     return rows
 
 
+def _option_value(text: str) -> Any:
+    """``5`` -> 5, ``true`` -> True, ``bf16`` -> "bf16": the shell has already removed any quotes."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-per-class", type=int, default=5000)
@@ -110,7 +118,8 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(["probe", *CLUSTERING_ROWS]),
                         help="comma-separated rows: probe," + ",".join(CLUSTERING_ROWS))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="ROW.KEY=VALUE",
-                        help="override an option of one row, e.g. icbpl-head.epochs=5")
+                        help="override an option of one row, e.g. icbpl-head.epochs=5 or icbpl-finetune.amp=bf16 "
+                             "(the value is read as JSON, else kept as a string)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", help="feature extraction precision (ImageClusterer)")
     parser.add_argument("--seed", type=int, default=0)
@@ -124,7 +133,9 @@ def main() -> None:
     for override in args.overrides:
         key, value = override.split("=", 1)
         row, option = key.split(".", 1)
-        rows_spec[row][1][option] = json.loads(value)
+        if row not in rows_spec:
+            parser.error(f"--set {override}: no row {row!r}; rows: {', '.join(rows_spec)}")
+        rows_spec[row][1][option] = _option_value(value)
 
     results: list[dict[str, Any]] = []
     started = time.perf_counter()
