@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, print_table, require_cifar10, save_result  # noqa: E402
 
 from imgclust import ImageClusterer  # noqa: E402
+from imgclust.cli import parse_option_value  # noqa: E402
 from imgclust.data import PathListDataset  # noqa: E402
 from imgclust.methods.consensus import ConsensusModel  # noqa: E402
 from imgclust.metrics import evaluate  # noqa: E402
@@ -103,14 +104,6 @@ def supervised_rows(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray
     return rows
 
 
-def _option_value(text: str) -> Any:
-    """``5`` -> 5, ``true`` -> True, ``bf16`` -> "bf16": the shell has already removed any quotes."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-per-class", type=int, default=5000)
@@ -135,7 +128,7 @@ def main() -> None:
         row, option = key.split(".", 1)
         if row not in rows_spec:
             parser.error(f"--set {override}: no row {row!r}; rows: {', '.join(rows_spec)}")
-        rows_spec[row][1][option] = _option_value(value)
+        rows_spec[row][1][option] = parse_option_value(value)
 
     results: list[dict[str, Any]] = []
     started = time.perf_counter()

@@ -36,7 +36,9 @@ outputs (in --out): report.html, assignments.csv, metrics.json (when labels exis
 """
 
 
-def _parse_value(text: str) -> Any:
+def parse_option_value(text: str) -> Any:
+    """A ``--set KEY=VALUE`` value: ``5`` -> 5, ``true`` -> True, ``bf16`` -> "bf16" (read as JSON, else kept as
+    a string: the shell has already removed any quotes)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError:
@@ -49,7 +51,7 @@ def _method_options(pairs: Sequence[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise ImgclustError(f"--set expects KEY=VALUE, got {pair!r}", "write e.g. --set n_init=20")
         key, value = pair.split("=", 1)
-        options[key.strip()] = _parse_value(value)
+        options[key.strip()] = parse_option_value(value)
     return options
 
 
