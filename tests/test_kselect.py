@@ -11,9 +11,16 @@ import pytest
 from conftest import cifar10_subset_paths
 from imgclust.errors import ImgclustError
 from imgclust.kselect import (CRITERIA, DEFAULT_CRITERION, DEFAULT_N_NEIGHBORS, DEFAULT_RESOLUTION, KSelection,
-                              estimate_k, format_curve, graph_neighbors, modularity, modularity_terms,
-                              neighbouring_levels, parse_k_range, resolution_profile, steps_in_view,
-                              write_k_selection)
+                              default_k_range, estimate_k, graph_neighbors, modularity, modularity_terms,
+                              neighbouring_levels, parse_k_range, resolution_profile, steps_in_view)
+from imgclust.run import write_k_selection as write_run_k_selection
+from imgclust.runfolder import RunFolder
+from imgclust.terminal import format_curve
+
+
+def write_k_selection(folder: Path, selection: KSelection, plot: bool = True) -> dict[str, Path]:
+    """k_selection.json and .png as a run writes them (moved from kselect, which no longer writes files)."""
+    return write_run_k_selection(RunFolder(folder), selection)
 
 
 def _blobs(k: int, n_per: int = 40, dim: int = 32, spread: float = 0.15, seed: int = 0
@@ -226,3 +233,15 @@ def test_cli_summary_names_the_neighbouring_levels(cifar10_small_folder: Path, t
     i = ks.index(saved["k"])
     expected = ([f"{ks[i - 1]} (coarser)"] if i > 0 else []) + ([f"{ks[i + 1]} (finer)"] if i + 1 < len(ks) else [])
     assert f"  next levels of structure: -k {' or -k '.join(expected)}" in text, text
+
+
+def test_default_k_range_grows_with_the_data() -> None:
+    """A fixed 2..30 could never find 50 classes in 2,500 images: the top grows with N (clipped to 30..200), and
+    above DENSE_UP_TO the K tried form a grid of about ±5 %."""
+    assert default_k_range(300) == (2, 30) and default_k_range(2500) == (2, 62) and default_k_range(10**6) == (2, 200)
+    assert parse_k_range(None, n=2500) == (2, 62) and parse_k_range(None) == (2, 30)
+    x, _ = _blobs(3, n_per=900, dim=8)  # 2,700 rows: the default range reaches past 60
+    sel = estimate_k(x, n_runs=1, max_samples=2700)
+    assert sel.k_values[:39] == list(range(2, 41)) and sel.k_values[-1] == 67
+    steps = np.diff(sel.k_values[38:]) / np.asarray(sel.k_values[38:-1])
+    assert np.all(steps <= 0.06) and np.all(np.diff(sel.k_values) >= 1)

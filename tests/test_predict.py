@@ -85,6 +85,7 @@ def test_from_scratch_secu_never_runs_the_backbone(run: tuple[Path, Path, Path],
         raise AssertionError("the backbone was run for a from-scratch model")
 
     monkeypatch.setattr(features_module, "extract_features", no_backbone)
+    monkeypatch.setattr(features_module.FeatureSource, "extract", no_backbone)  # the estimator's way in
     clusterer = ImageClusterer(n_clusters=3, method="secu", num_workers=0, progress=False,
                                method_options={"encoder": "resnet18_cifar", "epochs": 1, "batch_size": 16})
     labels = clusterer.fit_predict(str(photos))

@@ -14,6 +14,9 @@ import numpy as np
 import pytest
 
 from imgclust.cli import main
+from imgclust.duplicates import DuplicateGroup, Outlier, duplicate_rows, outlier_rows
+from imgclust.report.html import RunData, load_run, resolve_source, write_report
+from imgclust.runfolder import Assignments, RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "tests" / "artifacts"  # git-ignored; screenshots land here for a human to look at
@@ -134,3 +137,206 @@ def test_report_of_an_image_array_has_thumbnails(tmp_path: Path) -> None:
 def test_not_a_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["report", str(tmp_path)]) == 2
     assert "fix:" in capsys.readouterr().err
+
+
+# -- the report from memory, and its new parts (names, duplicates, outliers, quality) --------------------------
+
+EVIL_CLUSTER_NAME = "<b>tabby</b> & 'cat'"
+LONG_SKIPPED = ("holiday_2023_summer_trip_to_the_mountains_with_everyone/day_03_morning_hike_to_the_lake/"
+                "IMG_20230714_081532_HDR_edited_final_version_for_the_family_album.jpg")
+
+
+def _images(folder: Path, n: int, cifar10_dir: Path | None = None) -> list[str]:
+    """``n`` image files: CIFAR-10 test photos when given, else flat colours; some with HTML-like names."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = sorted((cifar10_dir / "test").glob("*/*.jpg"))[::37][:n] if cifar10_dir else []
+    paths = []
+    for i in range(n):
+        path = folder / (EVIL[i] if i < len(EVIL) else f"img_{i:03d}.jpg")
+        if photos:
+            shutil.copy(photos[i], path)
+        else:
+            Image.new("RGB", (32, 32), (40 * (i % 6), 255 - 20 * (i % 12), 9 * i % 256)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def _run_data(run_dir: Path, items: list[str], **parts) -> tuple[RunData, np.ndarray]:
+    """Three clusters of ten rows (row 30 skipped), with (N_clustered, 8) features that separate them."""
+    n = len(items)
+    clusters = np.append(np.repeat(np.arange(3), 10), -1)[:n]
+    rng = np.random.default_rng(0)
+    confidence = np.where(clusters >= 0, rng.uniform(0.3, 1.0, n), np.nan)
+    distance = np.where(clusters >= 0, rng.uniform(0.1, 0.9, n), np.nan)
+    features = (np.eye(8)[clusters[clusters >= 0]] * 3 + rng.normal(0, 0.3, (int((clusters >= 0).sum()), 8)))
+    run = {"source": str(Path(items[0]).parent), "config": {"method": "kmeans", "backbone": "efficientnet_lite0"},
+           "timings_seconds": {"total": 1.5}, "skipped": [{"item": items[-1], "reason": "cannot identify image"}]}
+    data = RunData(run_dir=run_dir, items=items, clusters=clusters, confidence=confidence, distance=distance,
+                   labels=None, n_clusters=3, run=run, metrics=None, k_selection=None, model=None, **parts)
+    return data, features.astype(np.float32)
+
+
+ALL_PARTS = {
+    "cluster_names": [EVIL_CLUSTER_NAME, "ship", "airliner"],
+    "duplicates": [{"kind": "exact", "items": [3, 4], "similarity": 1.0},
+                   {"kind": "near", "items": [12, 13, 25], "similarity": 0.973}],
+    "outliers": [{"row": 4, "score": 2.5}, {"row": 21, "score": 1.75}],
+    "quality": {"kappa": 0.8125, "per_space": [0.8, 0.825], "n_folds": 5},
+    "candidates": [{"method": "kmeans", "k": 3, "kappa": 0.8125, "chosen": True},
+                   {"method": "turtle", "k": 3, "kappa": 0.5}],
+}
+
+
+def _report_with_all_parts(tmp_path: Path, cifar10_dir: Path | None = None) -> tuple[Path, RunData]:
+    items = _images(tmp_path / "photos", 31, cifar10_dir)
+    out = tmp_path / "run"
+    out.mkdir()
+    data, features = _run_data(out, items, **ALL_PARTS)
+    data.run["skipped"].append({"item": str(tmp_path / LONG_SKIPPED), "reason": "cannot identify image file"})
+
+    def no_reading_back(_: RunData) -> None:
+        raise AssertionError("features were passed: nothing may be read back")
+
+    write_report(out, data=data, features=features, load_features=no_reading_back, map_method="pca",
+                 progress=False)
+    return out / "report.html", data
+
+
+def test_report_from_memory_with_names_duplicates_outliers_quality(tmp_path: Path) -> None:
+    report, _ = _report_with_all_parts(tmp_path)
+    assert not (tmp_path / "run" / "assignments.csv").exists()  # written from memory alone
+    text = report.read_text(encoding="utf-8")
+    for section in ("overview", "map", "sizes", "clusters", "duplicates", "outliers", "skipped", "config"):
+        assert re.search(f'<section id="{section}"[ >]', text) and f'href="#{section}"' in text
+    assert 'alt="2-D map of the embeddings"' in text
+    assert EVIL_CLUSTER_NAME not in text
+    escaped_name = html.escape(EVIL_CLUSTER_NAME, quote=True)
+    assert f'Cluster 0 · <span class="name">{escaped_name}</span>' in text   # gallery heading
+    assert f"<td>{escaped_name}</td>" in text                                 # sizes table
+    assert "Cluster 2 · <span class=\"name\">airliner</span>" in text
+    assert '<span class="badge exact">exact</span>' in text and '<span class="badge near">near</span>' in text
+    assert "similarity 0.973" in text and "score 2.5 · cluster 0" in text
+    assert "<td>0.8125</td>" in text and "κ in space 1" in text                # quality
+    assert LONG_SKIPPED.replace("/", "/<wbr>") in text                         # wraps between folders
+    assert '<tr class="chosen"><td>kmeans</td><td>3</td><td>0.8125</td></tr>' in text
+    assert "<td>turtle</td>" in text
+    # every thumbnail embedded once; repeats (row 4: gallery, duplicates, outliers) copy the first by id
+    uris = re.findall(r'src="(data:image/jpeg;base64,[^"]+)"', text)
+    assert len(uris) == len(set(uris)) > 20
+    copies = re.findall(r'data-copy-of="(thumb-\d+)"', text)
+    assert "thumb-4" in copies and all(f'id="{anchor}"' in text for anchor in copies)
+    assert len(re.findall(r"<script", text)) == 1
+
+
+def test_report_without_optional_parts_leaves_their_sections_out(tmp_path: Path) -> None:
+    items = _images(tmp_path / "photos", 31)
+    data, features = _run_data(tmp_path, items)
+    write_report(tmp_path, data=data, features=features, map_method="pca", progress=False)
+    text = (tmp_path / "report.html").read_text(encoding="utf-8")
+    for absent in ('id="duplicates"', 'id="outliers"', 'class="name"', "label-free quality", 'id="k"',
+                   'id="metrics"', 'data-copy-of="'):
+        assert absent not in text
+    assert "<h3>Cluster 1</h3>" in text
+
+
+def test_report_map_from_the_feature_loader_or_a_note(tmp_path: Path) -> None:
+    items = _images(tmp_path / "photos", 31)
+    data, features = _run_data(tmp_path, items)
+    pixels = np.zeros((30, 0), np.float32)  # a method trained on pixels: not features for the map
+    write_report(tmp_path, data=data, features=pixels, load_features=lambda _: features, map_method="pca",
+                 progress=False)
+    assert 'alt="2-D map of the embeddings"' in (tmp_path / "report.html").read_text(encoding="utf-8")
+    write_report(tmp_path, data=data, load_features=lambda _: None, map_method="pca", progress=False)
+    text = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "2-D map of the embeddings" not in text and "No 2-D map" in text
+
+
+def test_skipped_names_wrap_between_folders_not_inside_names(tmp_path: Path) -> None:
+    items = _images(tmp_path / "a_rather_long_folder_name" / "another_long_folder", 31)
+    data, features = _run_data(tmp_path, items)
+    write_report(tmp_path, data=data, features=features, map_method="pca", progress=False)
+    text = (tmp_path / "report.html").read_text(encoding="utf-8")
+    row = re.search(r'<table class="files">.*?</table>', text, re.DOTALL).group(0)
+    assert "a_rather_long_folder_name/<wbr>another_long_folder/<wbr>img_030.jpg" in row
+    assert "break-all" not in text and "overflow-wrap:anywhere" not in text
+
+
+def test_relative_source_resolved_against_the_recorded_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """`imgclust report RUN` from another directory keeps the map of a run whose source was given relative."""
+    rng = np.random.default_rng(0)
+    embeddings = np.concatenate([rng.normal(c * 3, 0.2, (10, 6)) for c in range(3)]).astype(np.float32)
+    work = tmp_path / "work"
+    work.mkdir()
+    np.savez(work / "emb.npz", features=embeddings)
+    run_dir = tmp_path / "run"
+    folder = RunFolder(run_dir)
+    run_dir.mkdir()
+    clusters = np.repeat(np.arange(3), 10)
+    folder.write_assignments(Assignments([f"emb.npz[{i}]" for i in range(30)], clusters, np.full(30, 0.9),
+                                         np.full(30, 0.1)))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    folder.write_json("run.json", {"source": "emb.npz", "cwd": str(work), "config": {}, "cluster_sizes": [10] * 3})
+    assert resolve_source({"source": "emb.npz", "cwd": str(work)}) == (str(work / "emb.npz"), "")
+    write_report(run_dir, map_method="pca", progress=False)
+    assert 'alt="2-D map of the embeddings"' in (run_dir / "report.html").read_text(encoding="utf-8")
+
+    folder.write_json("run.json", {"source": "emb.npz", "config": {}, "cluster_sizes": [10] * 3})
+    spec, note = resolve_source({"source": "emb.npz"})
+    assert spec is None and "relative path" in note
+    write_report(run_dir, map_method="pca", progress=False)  # fails soft: the report without its map
+    assert "No 2-D map: cannot reopen the source" in (run_dir / "report.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.shared_data
+def test_report_subcommand_keeps_the_map_from_another_directory(run: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", str(run), "-q", "--map", "pca"]) == 0
+    text = (run / "report.html").read_text(encoding="utf-8")
+    assert 'alt="2-D map of the embeddings"' in text  # the features came from the feature cache
+
+
+@pytest.mark.shared_data
+def test_report_with_all_parts_in_headless_chromium(tmp_path: Path, cifar10_dir: Path) -> None:
+    report, _ = _report_with_all_parts(tmp_path, cifar10_dir)
+    url = report.resolve().as_uri()
+    dom = _browser(tmp_path, "--virtual-time-budget=5000", "--dump-dom", url)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    body = re.search(r"<body[^>]*>", dom.stdout).group(0)
+    assert 'data-images-ok="true"' in body, body  # the copied thumbnails decoded too
+    shot = tmp_path / "report.png"
+    result = _browser(tmp_path, "--window-size=1280,4200", f"--screenshot={shot}", url)
+    assert result.returncode == 0 and shot.exists(), result.stderr[-2000:]
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copy(shot, ARTIFACTS / "report_sections_screenshot.png")
+
+
+def test_report_subcommand_shows_the_parts_the_folder_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """load_run reads names (assignments.csv), duplicates.csv, outliers.csv and run.json's quality back."""
+    items = _images(tmp_path / "photos", 31)
+    data, features = _run_data(tmp_path / "run", items)
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir()
+    folder.write_assignments(Assignments(items, data.clusters, data.confidence, data.distance,
+                                         cluster_names=ALL_PARTS["cluster_names"]))
+    rows = duplicate_rows([DuplicateGroup("exact", (3, 4), 1.0), DuplicateGroup("near", (12, 13, 25), 0.973)], items)
+    folder.write_table("duplicates.csv", list(rows[0]), [list(r.values()) for r in rows])
+    rows = outlier_rows([Outlier(4, 0.21, -5.5), Outlier(21, 0.3, -3.75)], items)
+    folder.write_table("outliers.csv", list(rows[0]), [list(r.values()) for r in rows])
+    folder.write_json("run.json", {**data.run, "quality": ALL_PARTS["quality"], "cluster_sizes": [10] * 3})
+
+    loaded = load_run(folder.path)
+    assert loaded.cluster_names == ALL_PARTS["cluster_names"]
+    assert loaded.duplicates == ALL_PARTS["duplicates"]
+    assert loaded.outliers == [{"row": 4, "score": 5.5}, {"row": 21, "score": 3.75}]
+    write_report(folder.path, load_features=lambda _: features, map_method="pca", progress=False)
+    text = (folder.path / "report.html").read_text(encoding="utf-8")
+    assert 'id="duplicates"' in text and 'id="outliers"' in text and "score 5.5 · cluster 0" in text
+    assert "Cluster 1 · <span class=\"name\">ship</span>" in text and "<td>0.8125</td>" in text

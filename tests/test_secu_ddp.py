@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from imgclust.features import FeatureSource
 from imgclust.methods.base import FitContext
 from imgclust.methods.secu import SeCu, SeCuClusterModel, SeCuConfig, fit_secu
 from imgclust.metrics import evaluate
@@ -224,7 +225,7 @@ def test_resnet18_cifar_from_scratch_on_images() -> None:
     images = rng.integers(0, 256, size=(48, 32, 32, 3), dtype=np.uint8)
     dataset = ArrayImageDataset(images, labels=np.arange(48) % 3)
     context = FitContext(features=np.zeros((48, 4), np.float32), n_clusters=3, seed=0, dataset=dataset,
-                         labels=dataset.labels, num_workers=0, progress=False,
+                         labels=dataset.labels, source=FeatureSource(num_workers=0, progress=False),
                          options={"encoder": "resnet18_cifar", "image_size": 16, "epochs": 2, "batch_size": 24,
                                   "ks": [3, 6], "eval_batch_size": 48, "eval_every": 2})
     result = fit_secu(context)

@@ -236,7 +236,7 @@ def test_model_features_are_unit_and_centres_normalised() -> None:
 
 def test_secu_views_are_deterministic_and_asymmetric() -> None:
     from imgclust.augment import make_generator
-    from imgclust.methods.secu.method import SeCuAugment, secu_views
+    from imgclust.augment import SeCuAugment, secu_views
 
     view1, view2 = secu_views(0.3)
     assert view1.blur_p == 1.0 and view1.solarize_p == 0.0

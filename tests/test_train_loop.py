@@ -427,7 +427,7 @@ class TinyConvBackbone(__import__("imgclust.backbones.base", fromlist=["Backbone
 @pytest.mark.parametrize("blocks,on_the_fly", [(0, False), (1, False), (1, True)])
 def test_prepare_inputs_and_fit_icbpl_on_images(tmp_path: Path, blocks: int, on_the_fly: bool) -> None:
     from imgclust.data.arrays import ArrayImageDataset
-    from imgclust.features import extract_features
+    from imgclust.features import FeatureSource, extract_features
     from imgclust.train import prepare_inputs
 
     images, labels = tiny_images(n=24, size=8)
@@ -436,8 +436,9 @@ def test_prepare_inputs_and_fit_icbpl_on_images(tmp_path: Path, blocks: int, on_
     pristine = {k: v.clone() for k, v in backbone.state_dict().items()}
     features = np.asarray(extract_features(dataset, backbone, cache_dir=tmp_path / "cache", num_workers=0,
                                            progress=False).features)
-    inputs = prepare_inputs(dataset, backbone, n_trainable_blocks=blocks, n_views=2, on_the_fly=on_the_fly,
-                            cache_dir=tmp_path / "cache", num_workers=0, labels=labels, progress=False)
+    source = FeatureSource.from_backbone(backbone, cache_dir=tmp_path / "cache", num_workers=0, progress=False)
+    inputs = prepare_inputs(dataset, source, n_trainable_blocks=blocks, n_views=2, on_the_fly=on_the_fly,
+                            labels=labels)
     if blocks == 0:
         assert inputs.spec().item_shape == (6,) and np.allclose(np.asarray(inputs.clean), features)
     elif not on_the_fly:
@@ -447,11 +448,10 @@ def test_prepare_inputs_and_fit_icbpl_on_images(tmp_path: Path, blocks: int, on_
         assert np.allclose(out.numpy(), features, atol=1e-5)
     else:
         assert inputs.images is not None and inputs.images.dtype == torch.uint8
-    context = FitContext(features=features, n_clusters=3, seed=0, dataset=dataset, backbone=backbone,
-                         labels=labels, run_dir=tmp_path / "run", cache_dir=tmp_path / "cache", num_workers=0,
-                         progress=False, options={"epochs": 2, "batch_size": 12, "trainable_blocks": blocks,
-                                                  "n_views": 2, "on_the_fly": on_the_fly, "n_neighbors": 3,
-                                                  "latent_dim": 8, "hidden_dim": 16})
+    context = FitContext(features=features, n_clusters=3, seed=0, dataset=dataset, source=source, labels=labels,
+                         run_dir=tmp_path / "run", options={"epochs": 2, "batch_size": 12, "trainable_blocks": blocks,
+                                                            "n_views": 2, "on_the_fly": on_the_fly, "n_neighbors": 3,
+                                                            "latent_dim": 8, "hidden_dim": 16})
     result = fit_icbpl(context)
     assert result.assignment.labels.shape == (24,)
     assert result.model.input_encoder == ("backbone" if blocks == 0 else f"trunk-{blocks}")
@@ -526,15 +526,17 @@ def test_head_mode_without_views_runs_no_extra_backbone_pass(tmp_path: Path, mon
         raise AssertionError("n_views=0 must not extract augmented views")
 
     monkeypatch.setattr(features_module, "extract_features", no_extraction)
+    monkeypatch.setattr(features_module.FeatureSource, "extract", no_extraction)
     options = {"epochs": 2, "batch_size": 12, "n_views": 0, "hidden_dim": 16}
     options.update({"n_neighbors": 3, "latent_dim": 8} if method == "icbpl" else {"ks": [3]})
-    context = FitContext(features=features, n_clusters=3, seed=0, dataset=dataset, backbone=backbone,
-                         labels=labels, cache_dir=tmp_path / "cache", num_workers=0, progress=False,
-                         options=options)
+    source = features_module.FeatureSource.from_backbone(backbone, cache_dir=tmp_path / "cache", num_workers=0,
+                                                         progress=False)
+    context = FitContext(features=features, n_clusters=3, seed=0, dataset=dataset, source=source,
+                         labels=labels, options=options)
     result = fit_method(context)
     assert result.assignment.labels.shape == (24,)
     if method == "icbpl":
         assert all(abs(epoch["aug"]) < 1e-6 for epoch in result.info["history"])  # two identical views
     with pytest.raises(ImgclustError, match="n_views"):
-        fit_method(FitContext(features=features, n_clusters=3, dataset=dataset, backbone=backbone,
+        fit_method(FitContext(features=features, n_clusters=3, dataset=dataset, source=source,
                               options={**options, "trainable_blocks": 1}))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import tempfile
@@ -21,6 +22,19 @@ from .errors import ImgclustError
 
 #: Suffix of the temporaries of :func:`atomic_path` (distinctive, so that only they are ever swept).
 TEMP_SUFFIX = ".imgclust-tmp"
+#: File marking a run folder: a folder walk skips sub-folders holding it, so a run folder placed inside an image
+#: folder never adds its own outputs (plots) to the next run of that folder.
+OUTPUT_MARKER = ".imgclust-output"
+
+
+def mark_output_folder(folder: str | os.PathLike, what: str) -> None:
+    """Put :data:`OUTPUT_MARKER` into ``folder`` (created if needed); ``what`` says which command wrote it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / OUTPUT_MARKER
+    if not marker.exists():
+        write_text(marker, f"imgclust {what}: folders holding this file are skipped when a folder above is "
+                           "clustered.\n")
 
 
 @contextlib.contextmanager
@@ -32,8 +46,6 @@ def atomic_path(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]
         replace: replace an existing ``path`` (default); when False, a ``path`` that already exists is left
             alone and :class:`FileExistsError` is raised, so a file that appeared meanwhile is never overwritten.
     """
-    import fcntl
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # at most 64 bytes of the name in the prefix: the temporary's name must stay within the 255-byte limit
@@ -75,8 +87,6 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> int:
 
     A temporary whose writer is alive is locked and kept, so this is safe while other processes write there.
     """
-    import fcntl
-
     removed = 0
     pattern = f".*{TEMP_SUFFIX}"
     for tmp in [*Path(folder).glob(pattern), *Path(folder).glob(f"*/{pattern}")]:
@@ -136,24 +146,35 @@ class RunLock:
     dies, so a killed run never leaves a stale lock behind.
     """
 
-    def __init__(self, folder: str | os.PathLike):
+    def __init__(self, folder: str | os.PathLike, remove_when_done: bool = False):
         self.path = Path(folder) / ".imgclust.lock"
+        self.remove_when_done = remove_when_done
+        self._created: list[Path] = []
         self._fh: Any = None
 
     def __enter__(self) -> "RunLock":
-        import fcntl
-
+        self._created = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a+")
-        try:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        for _ in range(3):
+            self._fh = open(self.path, "a+")
+            try:
+                fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._fh.close()
+                self._fh = None
+                raise ImgclustError(
+                    f"another imgclust run is writing to {self.path.parent}",
+                    "wait for it to finish, or choose another --out folder",
+                ) from None
+            if self._is_current_lock_file():
+                break
+            # The run that held it finished and removed the file between our open and flock: open the new one.
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
             self._fh.close()
             self._fh = None
-            raise ImgclustError(
-                f"another imgclust run is writing to {self.path.parent}",
-                "wait for it to finish, or choose another --out folder",
-            ) from None
+        else:
+            raise ImgclustError(f"could not lock {self.path.parent}: other runs keep starting and finishing there",
+                                "wait for them to finish, or choose another --out folder")
         self._fh.seek(0)
         self._fh.truncate()
         self._fh.write(str(os.getpid()))
@@ -164,8 +185,25 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         if self._fh is not None:
-            import fcntl
-
+            if self.remove_when_done:
+                # Unlinked while still held, so no other run can take a lock on this file in between.
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+                self._remove_created_if_empty()
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
             self._fh.close()
             self._fh = None
+
+    def _is_current_lock_file(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(self._fh.fileno()).st_ino
+        except FileNotFoundError:
+            return False
+
+    def _remove_created_if_empty(self) -> None:
+        """Folders this lock created that are still empty (a command refused or failed before writing)."""
+        for folder in self._created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                return

@@ -30,6 +30,8 @@ Differences from torchvision's PIL/tensor transforms (deliberate, for batching):
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BatchAugment", "RECIPES", "derive_seed", "make_generator"]
+__all__ = ["BatchAugment", "SeCuAugment", "RECIPES", "derive_seed", "gaussian_blur", "make_generator", "secu_views"]
 
 _GRAY = (0.299, 0.587, 0.114)
 
@@ -141,9 +143,6 @@ class BatchAugment:
     @property
     def augment_id(self) -> str:
         """A short stable name of the settings, e.g. for ``extract_features(augment_id=...)``."""
-        import hashlib
-        import json
-
         blob = json.dumps(self.spec(), sort_keys=True).encode()
         return f"{self.recipe}-{hashlib.sha256(blob).hexdigest()[:10]}"
 
@@ -265,3 +264,100 @@ def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     k = (offsets + h6) % 6.0
     ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return maxc.unsqueeze(1) * (1.0 - sat.unsqueeze(1) * ramp)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SeCu's two asymmetric views (BYOL style): BatchAugment plus Gaussian blur and solarisation
+# ---------------------------------------------------------------------------------------------------------
+
+class SeCuAugment(BatchAugment):
+    """:class:`~imgclust.augment.BatchAugment` plus Gaussian blur and solarisation, batched.
+
+    Args:
+        blur_p: probability of a Gaussian blur with σ ~ U(blur_sigma) pixels (MoCo v3's ``GaussianBlur``).
+        blur_sigma: (min, max) σ in pixels.
+        solarize_p: probability of inverting the pixels ≥ 128/255 (``ImageOps.solarize``).
+        **kwargs: passed to :class:`BatchAugment`.
+
+    Blur and solarisation come after BatchAugment's crop/flip/jitter/grayscale (the authors blur after
+    grayscale and flip last; flipping commutes with both). Their random numbers are one extra (N, 3) draw
+    from the same generator, after BatchAugment's.
+    """
+
+    def __init__(self, recipe: str = "simclr", *, blur_p: float = 0.0, blur_sigma: tuple[float, float] = (0.1, 2.0),
+                 solarize_p: float = 0.0, **kwargs: Any):
+        super().__init__(recipe, **kwargs)
+        self.blur_p = float(blur_p)
+        self.blur_sigma = (float(blur_sigma[0]), float(blur_sigma[1]))
+        self.solarize_p = float(solarize_p)
+        if not (0.0 <= self.blur_p <= 1.0 and 0.0 <= self.solarize_p <= 1.0):
+            raise ValueError(f"blur_p and solarize_p must be probabilities, got {blur_p}, {solarize_p}")
+        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ValueError(f"blur_sigma must satisfy 0 < min <= max, got {blur_sigma}")
+
+    def spec(self) -> dict[str, Any]:
+        out = super().spec()
+        out.update({"blur_p": self.blur_p, "blur_sigma": list(self.blur_sigma), "solarize_p": self.solarize_p})
+        return out
+
+    @property
+    def is_identity(self) -> bool:
+        return super().is_identity and self.blur_p == 0 and self.solarize_p == 0
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        out = super().__call__(images, generator)
+        n = out.shape[0]
+        if n == 0 or (self.blur_p == 0 and self.solarize_p == 0):
+            return out
+        u = torch.rand((n, 3), generator=generator, device=generator.device, dtype=torch.float64).to(out.device)
+        dtype = out.dtype
+        x = out.float() / 255.0 if dtype == torch.uint8 else out.float()
+        blur = u[:, 0] < self.blur_p
+        if bool(blur.any()):
+            lo, hi = self.blur_sigma
+            sigma = (lo + (hi - lo) * u[:, 1]).float()
+            rows = torch.nonzero(blur).squeeze(1)
+            x = x.clone()
+            x[rows] = gaussian_blur(x[rows], sigma[rows], hi)
+        solar = (u[:, 2] < self.solarize_p).view(n, 1, 1, 1)
+        if bool(solar.any()):
+            x = torch.where(solar & (x >= 128.0 / 255.0), 1.0 - x, x)
+        if dtype == torch.uint8:
+            return x.clamp_(0, 1).mul_(255.0).round_().to(torch.uint8)
+        return x.to(dtype)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, max_sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur with one σ per image (reflect padding).
+
+    Args:
+        x: (N, C, H, W) float images.
+        sigma: (N,) standard deviations in pixels.
+        max_sigma: the largest σ that may occur; sets the kernel radius ``ceil(3·max_sigma)``.
+
+    Returns:
+        (N, C, H, W) blurred images.
+    """
+    n, c, h, w = x.shape
+    radius = max(1, min(int(math.ceil(3 * max_sigma)), h - 1, w - 1))
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-(t[None, :] ** 2) / (2 * sigma.to(x.dtype)[:, None] ** 2))
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (N·C, 2r+1)
+    size = 2 * radius + 1
+    y = x.reshape(1, n * c, h, w)
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), kernel.view(n * c, 1, 1, size), groups=n * c)
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), kernel.view(n * c, 1, size, 1), groups=n * c)
+    return y.view(n, c, h, w)
+
+
+def secu_views(min_crop: float = 0.3, size: int | None = None) -> list[SeCuAugment]:
+    """The authors' two asymmetric views.
+
+    View 1: RandomResizedCrop(scale=(min_crop, 1)), ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8, grayscale p 0.2,
+    Gaussian blur σ∈[0.1, 2] **p 1.0**, horizontal flip. View 2: the same with blur **p 0.1** and
+    **solarize p 0.2**.
+    """
+    common = dict(size=size, crop_scale=(float(min_crop), 1.0), crop_ratio=(3 / 4, 4 / 3), flip_p=0.5,
+                  jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8, grayscale_p=0.2)
+    return [SeCuAugment("simclr", blur_p=1.0, solarize_p=0.0, **common),
+            SeCuAugment("simclr", blur_p=0.1, solarize_p=0.2, **common)]

@@ -9,43 +9,42 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+from safetensors.torch import load_file, save
 from sklearn.base import BaseEstimator, ClusterMixin
 
-from . import __version__, distributed
 from ._io import atomic_path, write_json
-from .data import load_source
+from .runfolder import MODEL_JSON, MODEL_TENSORS
+from ._version import __version__
+from .data import DEFAULT_MAX_PIXELS, load_source
 from .data.base import EmbeddingDataset, ImageDataset
 from .errors import ImgclustError
-from .features import FeatureSet
+from .features import FeatureSource, resolve_device
 from .features.extract import DEFAULT_SHARD_SIZE
+from .kselect import CRITERIA, DEFAULT_CRITERION, estimate_k, parse_k_range
 from .methods import available_methods, fit_input, fit_method, load_model
 from .methods.base import Assignment, ClusterModel, FitContext
+from .metrics import evaluate
+from .naming import name_clusters_with_head
+from .score import partition_score
 
 _logger = logging.getLogger(__name__)
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/``None`` → the local CUDA device when there is one (per ``LOCAL_RANK`` under torchrun)."""
-    if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", distributed.local_rank())
-        return torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as err:
-        raise ImgclustError(f"unknown device {device!r}", "use auto, cpu, cuda or cuda:N") from err
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ImgclustError(f"device {device!r} asked for, but this machine has no usable CUDA GPU",
-                            "use --device cpu (or auto)")
-    return resolved
 
 
 class ImageClusterer(ClusterMixin, BaseEstimator):
     """Cluster images (a folder, a list of paths, a uint8 image array) or ready-made feature vectors.
 
     Args:
-        n_clusters: K, the number of clusters (≥ 2).
+        n_clusters: K, the number of clusters (≥ 2), or ``"auto"``: estimated from the features in ``fit``
+            (:func:`imgclust.kselect.estimate_k`, exposed as ``k_selection_``).
+        k_range: ``(low, high)`` or ``"low:high"`` searched when ``n_clusters="auto"``; ``None``: 2 up to
+            N // 40, clipped to 30..200 (:func:`imgclust.kselect.default_k_range`).
+        k_criterion: the criterion that picks K (``imgclust.kselect.CRITERIA``; ``None``: modularity).
+        max_pixels: image files declaring more pixels are skipped as bad (decompression-bomb guard; ``None``:
+            no limit).
+        engine: the inference engine of feature extraction (``imgclust.features.engines.ENGINES``): ``"auto"``
+            (on a CPU the fastest installed engine that gives PyTorch's float32 features, measured once per
+            backbone; PyTorch on a GPU), ``"torch"``, ``"onnxruntime"``, ``"openvino"``.
+        quality_score: compute ``quality_``, the label-free score of the partition (a few seconds).
         method: ``"kmeans"`` (the baseline), ``"icbpl"`` or ``"secu"`` — see ``available_methods()``.
         backbone: backbone name (``imgclust.backbones.available_backbones()``), default EfficientNet-Lite0.
         weights: local weights file for the backbone (``.safetensors``/``.pth``); ``None`` = the default.
@@ -64,6 +63,8 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
             ``torchrun`` processes share out.
 
     Attributes (after ``fit``):
+        n_clusters_: K used (estimated when ``n_clusters="auto"``); k_selection_: the estimate
+            (:class:`~imgclust.kselect.KSelection`: the criterion's curve, the resolution profile), or ``None``.
         labels_: (N,) int64 cluster of each input row; -1 for rows that could not be decoded.
         confidence_: (N,) float, NaN for undecodable rows.
         distance_: (N,) float cosine distance to the assigned centre, NaN for undecodable rows.
@@ -72,16 +73,26 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         true_labels_: (N,) int64 labels that came with the source (-1 unknown), or ``None``.
         class_names_: class names of those labels, or ``None``.
         model_: the fitted :class:`ClusterModel`.
+        quality_: the label-free quality score (``kappa``: how well a linear classifier re-learns the clusters
+            from the features, chance-corrected; ``per_space``), or ``None``.
+        cluster_names_: a short name per cluster from the backbone's ImageNet head, or ``None`` (no head).
+        metrics_: ACC/NMI/ARI… against the labels that came with the data, or ``None``.
         timings_: seconds per stage.
     """
 
-    def __init__(self, n_clusters: int = 10, method: str = "kmeans", backbone: str = "efficientnet_lite0",
+    def __init__(self, n_clusters: int | str = 10, method: str = "kmeans", backbone: str = "efficientnet_lite0",
                  weights: str | None = None, device: str = "auto", batch_size: int = 64,
                  num_workers: int | None = None, cache_dir: str | None = None, random_state: int = 0,
                  method_options: dict[str, Any] | None = None, run_dir: str | None = None,
                  resume: bool = False, progress: bool = True, shard_size: int = DEFAULT_SHARD_SIZE,
-                 precision: str = "auto"):
+                 precision: str = "auto", k_range: Any = None, k_criterion: str | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, engine: str = "auto", quality_score: bool = True):
         self.n_clusters = n_clusters
+        self.k_range = k_range
+        self.k_criterion = k_criterion
+        self.max_pixels = max_pixels
+        self.engine = engine
+        self.quality_score = quality_score
         self.method = method
         self.backbone = backbone
         self.weights = weights
@@ -98,64 +109,45 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         self.precision = precision
 
     # -- encoding ----------------------------------------------------------------------------------------
-    def _backbone(self) -> Any:
-        if getattr(self, "backbone_", None) is None:
-            from .backbones import create_backbone
+    def feature_source(self) -> FeatureSource:
+        """The backbone(s) and extraction settings of this estimator, as one :class:`FeatureSource`; built again
+        only when a setting changed, so each backbone is built once. ``backbone`` may name several backbones
+        (``"efficientnet_lite0,efficientnet_lite2"`` or a list), ``weights`` one entry per backbone."""
+        source = FeatureSource.from_names(self.backbone, self.weights, device=self.device, precision=self.precision,
+                                          cache_dir=self.cache_dir, batch_size=self.batch_size,
+                                          num_workers=self.num_workers, shard_size=self.shard_size,
+                                          progress=self.progress, engine=self.engine)
+        if getattr(self, "feature_source_", None) != source:
+            self.feature_source_ = source
+        return self.feature_source_
 
-            self.backbone_ = create_backbone(self.backbone, weights=self.weights)
+    def _backbone(self) -> Any:
+        """The first backbone (the one whose trunk fine-tuning trains)."""
+        self.backbone_ = self.feature_source().backbone(0)
         return self.backbone_
 
     def encode(self, source: Any, encoder: str = "backbone", labels: Any = None
                 ) -> tuple[np.ndarray, np.ndarray, Any]:
         """Encode any accepted source: (inputs of the decodable rows, their row indices, the dataset).
 
-        ``encoder`` is ``"backbone"`` (clean backbone features, cached), ``"trunk-N"`` (activations in front
-        of the last N backbone blocks) or ``"pixels-S"`` (the images as uint8 (N,3,S,S)).
+        ``encoder`` is ``"backbone"`` (clean backbone features, cached; with several backbones their
+        L2-normalised features side by side), ``"trunk-N"`` (activations in front of the last N blocks of the
+        first backbone) or ``"pixels-S"`` (the images as uint8 (N,3,S,S)); see :class:`imgclust.features.Encoding`.
+        The encoded features, with their representation spaces, are kept in ``encoded_``.
         """
-        dataset = load_source(source, labels=labels)
-        if isinstance(dataset, EmbeddingDataset):
-            return np.asarray(dataset.features, dtype=np.float32), np.arange(len(dataset)), dataset
-        from .features import decode_images, extract_features
-
+        dataset = load_source(source, labels=labels, max_pixels=self.max_pixels)
         if getattr(self, "device_", None) is None:  # encode() may come before fit()
             self.device_ = resolve_device(self.device)
-
-        if encoder.startswith("pixels-"):  # models trained from scratch on the images themselves
-            from .backbones.base import Preprocess
-
-            pixels = Preprocess(input_size=int(encoder.split("-")[1]), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-            images, valid, skipped = decode_images(dataset, pixels, self.num_workers, self.progress)
-            self.last_feature_set_ = FeatureSet(np.zeros((len(valid), 0), np.float32), valid, skipped)
-            return images.numpy(), valid, dataset
-        backbone = self._backbone()
-        if hasattr(dataset, "draft_size"):
-            # Let the JPEG decoder shrink big photos while decoding: far faster, no loss at the model's size.
-            dataset.draft_size = backbone.preprocess.input_size
-        kwargs: dict[str, Any] = {}
-        if encoder != "backbone":
-            trunk, _ = backbone.split(int(encoder.split("-")[1]))
-            kwargs = {"encoder": trunk, "encoder_id": encoder}
-        # Under torchrun every process encodes its share of the shards (extract_features is collective).
-        feature_set = extract_features(dataset, backbone, cache_dir=self.cache_dir, device=self.device_,
-                                       batch_size=self.batch_size, num_workers=self.num_workers,
-                                       shard_size=self.shard_size, precision=self.precision,
-                                       progress=self.progress and distributed.is_main_process(), **kwargs)
-        self.last_feature_set_ = feature_set
-        return np.asarray(feature_set.features), feature_set.valid_indices, dataset
+        # Under torchrun every process encodes its share of the shards (extraction is collective).
+        self.encoded_ = self.last_feature_set_ = self.feature_source().encode(dataset, encoder)
+        if isinstance(dataset, ImageDataset) and self.encoded_.encoding.kind != "pixels":
+            self._backbone()
+        return self.encoded_.features, self.encoded_.valid_indices, dataset
 
     # -- fitting -----------------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None) -> "ImageClusterer":
         """Cluster ``X``; ``y`` (optional) are true labels, used only for evaluation (``metrics_``)."""
-        if self.method not in available_methods():
-            raise ImgclustError(f"unknown method {self.method!r}",
-                                f"choose one of: {', '.join(available_methods())}")
-        if not isinstance(self.n_clusters, (int, np.integer)) or self.n_clusters < 2:
-            raise ImgclustError(f"n_clusters must be an integer ≥ 2, got {self.n_clusters!r}",
-                                "pass -k 2 or more")
-        self.device_ = resolve_device(self.device)
-        from .features import resolve_precision
-
-        resolve_precision(self.precision, self.device_)  # refuse a bad setting before any work
+        self.check_params()
         timings: dict[str, float] = {}
         started = time.perf_counter()
         # Backbone features, or for models trained from scratch only the decoded images.
@@ -163,22 +155,32 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         features, valid, dataset = self.encode(X, encoder=encoder, labels=y)
         timings["features" if encoder == "backbone" else "decode"] = time.perf_counter() - started
         n_total = len(dataset)
-        if len(valid) < self.n_clusters:
+        self.k_selection_ = None
+        if self.n_clusters == "auto":
+            started = time.perf_counter()
+            reference = features if encoder == "backbone" else self.encode(X, labels=y)[0]
+            self.k_selection_ = estimate_k(reference, k_range=self.k_range,
+                                           criterion=self.k_criterion or DEFAULT_CRITERION,
+                                           seed=int(self.random_state), progress=self.progress)
+            timings["estimate_k"] = time.perf_counter() - started
+            _logger.info("K estimated: %d (%s over K = %d..%d)", self.k_selection_.k, self.k_selection_.criterion,
+                         self.k_selection_.k_values[0], self.k_selection_.k_values[-1])
+        self.n_clusters_ = int(self.k_selection_.k if self.k_selection_ is not None else self.n_clusters)
+        if len(valid) < self.n_clusters_:
             raise ImgclustError(
-                f"-k {self.n_clusters} asked for, but only {len(valid)} of {n_total} images could be used",
+                f"-k {self.n_clusters_} asked for, but only {len(valid)} of {n_total} images could be used",
                 f"use -k {len(valid)} or fewer, or add images" if len(valid) >= 2
                 else "add images: clustering needs at least 2")
         true_labels = None if dataset.labels is None else np.asarray(dataset.labels, dtype=np.int64)
         context = FitContext(
-            features=features, n_clusters=int(self.n_clusters), seed=int(self.random_state),
+            features=features, n_clusters=self.n_clusters_, seed=int(self.random_state),
             device=self.device_,
             dataset=dataset.subset(valid) if isinstance(dataset, ImageDataset) else None,
-            backbone=self.backbone_ if isinstance(dataset, ImageDataset) and encoder == "backbone" else None,
+            source=self.feature_source() if isinstance(dataset, ImageDataset) else None,
+            spaces=list(self.encoded_.spaces) if encoder == "backbone" else [],
             labels=None if true_labels is None else true_labels[valid],
             run_dir=Path(self.run_dir) if self.run_dir else None, resume=self.resume,
-            cache_dir=Path(self.cache_dir) if self.cache_dir else None, batch_size=self.batch_size,
-            num_workers=self.num_workers, progress=self.progress, options=dict(self.method_options or {}),
-            shard_size=self.shard_size, precision=self.precision)
+            options=dict(self.method_options or {}))
         started = time.perf_counter()
         result = fit_method(self.method, context)
         timings["fit"] = time.perf_counter() - started
@@ -189,16 +191,64 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         self.true_labels_ = true_labels
         self.class_names_ = dataset.class_names
         self.valid_indices_ = valid
+        self.dataset_ = dataset
+        # kept for the report's 2-D map; a method trained on pixels has no features (the map re-extracts them)
+        self.last_features_ = features if encoder == "backbone" else None
         self.labels_, self.confidence_, self.distance_ = _scatter(result.assignment, valid, n_total)
         self.skipped_ = self._skipped(dataset)
         self.timings_ = timings
         self.metrics_ = None
         if true_labels is not None:
-            from .metrics import evaluate
-
-            self.metrics_ = evaluate(true_labels[valid], self.labels_[valid], n_clusters=int(self.n_clusters),
+            self.metrics_ = evaluate(true_labels[valid], self.labels_[valid], n_clusters=self.n_clusters_,
                                      class_names=dataset.class_names)
+        started = time.perf_counter()
+        self.quality_ = self._quality(result.assignment.labels) if self.quality_score else None
+        self.cluster_names_ = self._names(result.assignment.labels) if encoder == "backbone" else None
+        timings["score_and_names"] = time.perf_counter() - started
         return self
+
+    def _quality(self, labels: np.ndarray) -> dict[str, Any] | None:
+        """The label-free quality score of the partition (:func:`imgclust.score.partition_score`), per space."""
+        encoded = getattr(self, "encoded_", None)
+        if encoded is None or encoded.encoding.kind != "features":
+            return None  # a method trained on pixels: the clean features were not extracted
+        score = partition_score(encoded.features, labels, spaces=encoded.spaces, seed=int(self.random_state))
+        return {**score.to_dict(), "spaces": list(encoded.space_names)}
+
+    def _names(self, labels: np.ndarray) -> list[str] | None:
+        """A short name per cluster from the first backbone's ImageNet head (None without one)."""
+        encoded = getattr(self, "encoded_", None)
+        if encoded is None or not encoded.feature_sets:
+            return None  # bring-your-own embeddings: numbers only
+        head = self.feature_source().backbone(0).class_head()
+        names = name_clusters_with_head(encoded.feature_sets[0].features, labels, head, self.n_clusters_)
+        return None if names is None else [name.name for name in names]
+
+    def check_params(self) -> None:
+        """Refuse a bad setting before any work (ImgclustError naming the fix); sets ``device_``."""
+        if self.method not in available_methods():
+            raise ImgclustError(f"unknown method {self.method!r}",
+                                f"choose one of: {', '.join(available_methods())}")
+        self._check_n_clusters()
+        if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or
+                                            not isinstance(self.max_pixels, (int, np.integer)) or self.max_pixels < 1):
+            raise ImgclustError(f"--max-pixels must be an integer ≥ 1, got {self.max_pixels!r}",
+                                f"pass e.g. --max-pixels {DEFAULT_MAX_PIXELS}")
+        self.device_ = resolve_device(self.device)
+        self.feature_source().validate()  # numbers, precision, cache folder, backbone names and weights files
+
+    def _check_n_clusters(self) -> None:
+        """Refuse a bad K (or K range / criterion) before any work."""
+        if isinstance(self.n_clusters, str) and self.n_clusters == "auto":
+            parse_k_range(self.k_range)
+            if self.k_criterion is not None and self.k_criterion not in CRITERIA:
+                raise ImgclustError(f"unknown K criterion {self.k_criterion!r}",
+                                    f"choose one of: {', '.join(CRITERIA)}")
+            return
+        if isinstance(self.n_clusters, bool) or not isinstance(self.n_clusters, (int, np.integer)) \
+                or self.n_clusters < 2:
+            raise ImgclustError(f"n_clusters must be an integer ≥ 2 or \"auto\", got {self.n_clusters!r}",
+                                "pass -k 2 or more, or leave -k out to estimate K")
 
     def _skipped(self, dataset: Any) -> list[dict[str, str]]:
         feature_set = getattr(self, "last_feature_set_", None)
@@ -215,6 +265,12 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         self._check_fitted()
         self.device_ = resolve_device(self.device)
         inputs, valid, dataset = self.encode(X, encoder=self.model_.input_encoder)
+        if len(valid) == 0:
+            skipped = self._skipped(dataset)
+            reasons = "; ".join(f"{s['item']}: {s['reason']}" for s in skipped[:3])
+            raise ImgclustError(f"none of the {len(dataset)} image(s) to assign could be read ({reasons}"
+                                f"{'; …' if len(skipped) > 3 else ''})",
+                                "pass image files that open (jpg, jpeg, png, webp, bmp, gif, tif)")
         assignment = self.model_.assign(inputs, device=self.device_)
         labels, confidence, distance = _scatter(assignment, valid, len(dataset))
         return Assignment(labels, confidence, distance), list(dataset.items), self._skipped(dataset)
@@ -230,32 +286,27 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
     # -- persistence -------------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
         """Write ``model.safetensors`` + ``model.json``: all that ``load`` needs to predict new images."""
-        from safetensors.torch import save
-
         self._check_fitted()
         folder = Path(folder)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_tensors().items()}
-        with atomic_path(folder / "model.safetensors") as tmp:
+        with atomic_path(folder / MODEL_TENSORS) as tmp:
             # bytes, not save_file: save_file writes its own temporary, which a kill would leave behind
             tmp.write_bytes(save(tensors))
-        backbone = getattr(self, "backbone_", None)
         params = self.get_params()
         params["method_options"] = _jsonable(params.get("method_options") or {})
-        write_json(folder / "model.json", {
+        write_json(folder / MODEL_JSON, {
             "format": "imgclust-model", "imgclust_version": __version__, "estimator": params,
             "method": self.model_.method, "model_config": self.model_.config(),
-            "backbone": {"name": self.backbone, "weights": self.weights,
-                         "weights_id": getattr(backbone, "weights_id", None)},
+            "n_clusters": int(getattr(self, "n_clusters_", self.model_.config().get("n_clusters", 0)) or 0),
+            "backbone": {"name": self.backbone, "weights": self.weights, "weights_ids": self._weights_ids()},
         })
         return folder
 
     @classmethod
     def load(cls, folder: str | Path) -> "ImageClusterer":
         """Rebuild a saved clusterer (from ``fit``/``save`` or an ``imgclust cluster`` run folder)."""
-        from safetensors.torch import load_file
-
         folder = Path(folder)
-        meta_path, tensor_path = folder / "model.json", folder / "model.safetensors"
+        meta_path, tensor_path = folder / MODEL_JSON, folder / MODEL_TENSORS
         if not meta_path.exists() or not tensor_path.exists():
             raise ImgclustError(f"{folder} holds no saved model (model.json + model.safetensors)",
                                 "point at the --out folder of a finished `imgclust cluster` run")
@@ -270,14 +321,25 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         estimator = cls(**meta["estimator"])
         estimator.backbone_ = None
         estimator.model_ = load_model(meta["method"], tensors, meta["model_config"])
-        saved_id = meta["backbone"].get("weights_id")
-        if saved_id:
-            current = estimator._backbone().weights_id
+        estimator.n_clusters_ = int(meta.get("n_clusters") or meta["model_config"].get("n_clusters")
+                                    or estimator.n_clusters)
+        saved = meta["backbone"].get("weights_ids") or [meta["backbone"].get("weights_id")]  # older: one backbone
+        source = estimator.feature_source()
+        for index, saved_id in enumerate(saved[:source.n_spaces]):
+            current = source.backbone(index).weights_id if saved_id else None
             if current != saved_id:
                 raise ImgclustError(
-                    f"the backbone weights differ from the ones this model was fitted with ({current} ≠ {saved_id})",
+                    f"the weights of backbone {source.space_names[index]} differ from the ones this model was "
+                    f"fitted with ({current} ≠ {saved_id})",
                     "install the same backbone weights, or pass the original weights file")
         return estimator
+
+    def _weights_ids(self) -> list[str | None]:
+        """The weights id of every backbone this estimator built (none for bring-your-own embeddings)."""
+        source, encoded = getattr(self, "feature_source_", None), getattr(self, "encoded_", None)
+        if source is None or encoded is None or not encoded.feature_sets:
+            return []
+        return [source.backbone(i).weights_id for i in range(source.n_spaces)]
 
 
 def _scatter(assignment: Assignment, valid: np.ndarray, n_total: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

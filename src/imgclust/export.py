@@ -21,10 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from ._io import atomic_path, remove_stale_temporaries
 from .errors import ImgclustError
+from .runfolder import RUN_INFO, RunFolder, check_output_folder, refuse_inside_source
 
 MODES = ("symlink", "hardlink", "copy")
+#: ``--names auto``: the run's own cluster names (from the backbone's ImageNet head) as folder names.
+AUTO_NAMES = "auto"
 
 
 @dataclass
@@ -80,21 +85,30 @@ def _inside(root: Path, path: Path) -> bool:
         return False
 
 
-def load_names(path: str | os.PathLike | None, n_clusters: int) -> dict[int, str]:
-    """Folder name of every cluster: ``cluster_00``… overridden by a JSON map ``{"0": "cats", ...}`` (or a list).
+def load_names(path: str | os.PathLike | None, n_clusters: int,
+               cluster_names: list[str] | None = None) -> dict[int, str]:
+    """Folder name of every cluster: ``cluster_00``… overridden by a JSON map ``{"0": "cats", ...}`` (or a list),
+    or with ``path="auto"`` by the run's own cluster names (``cluster_names``): ``00_mammal``, ``01_truck``…
 
     Raises:
-        ImgclustError: unreadable file, keys that are not cluster numbers, unsafe or duplicate names.
+        ImgclustError: unreadable file, keys that are not cluster numbers, unsafe or duplicate names; ``auto`` for
+            a run without names.
     """
     width = max(2, len(str(max(n_clusters - 1, 0))))
     names = {c: f"cluster_{c:0{width}d}" for c in range(n_clusters)}
     if path is None:
         return names
-    try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ImgclustError(f"cannot read the names file {path}: {err}",
-                            'write a JSON object such as {"0": "cats", "1": "cars"}') from err
+    if str(path) == AUTO_NAMES:
+        if not cluster_names:
+            raise ImgclustError("this run has no cluster names (its backbone has no ImageNet head, or it clustered "
+                                "your own embeddings)", 'pass --names NAMES.json, e.g. {"0": "cats", "1": "cars"}')
+        raw: Any = {str(c): f"{c:0{width}d}_{name}" for c, name in enumerate(cluster_names) if c < n_clusters}
+    else:
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ImgclustError(f"cannot read the names file {path}: {err}",
+                                'write a JSON object such as {"0": "cats", "1": "cars"}') from err
     if isinstance(raw, list):
         raw = {str(i): v for i, v in enumerate(raw)}
     if not isinstance(raw, dict):
@@ -210,12 +224,18 @@ def export_clusters(run_dir: str | os.PathLike, to: str | os.PathLike, mode: str
         ImgclustError: bad mode, not a run folder, items that are not files (array / built-in sources),
             unsafe names in ``names``, a destination root that is a file, hard links across file systems.
     """
-    from .report.html import load_run
-
     if mode not in MODES:
         raise ImgclustError(f"unknown export mode {mode!r}", f"use one of: {', '.join(MODES)}")
-    data = load_run(run_dir)
-    folder_names = load_names(names, data.n_clusters)
+    run = RunFolder(run_dir)
+    data = run.read_assignments()
+    to = Path(to).expanduser()
+    check_output_folder(to, "--to")
+    info = run.read_json(RUN_INFO) or {}
+    source = info.get("source")
+    if isinstance(source, str) and os.path.isdir(source):
+        refuse_inside_source(to, source, "--to")
+    n_clusters = max(len(info.get("cluster_sizes") or []), int(data.clusters.max()) + 1 if data.clusters.size else 0)
+    folder_names = load_names(names, n_clusters, data.cluster_names)
     rows = [(item, int(c)) for item, c in zip(data.items, data.clusters)]
     result = ExportResult(unassigned=[item for item, c in rows if c < 0])
     rows = [(item, c) for item, c in rows if c >= 0]
@@ -225,9 +245,6 @@ def export_clusters(run_dir: str | os.PathLike, to: str | os.PathLike, mode: str
                             f"(e.g. {not_files[0]!r}): nothing to link",
                             "export works on runs over a folder or a list of image files")
 
-    to = Path(to).expanduser()
-    if to.exists() and not to.is_dir():
-        raise ImgclustError(f"--to {to} exists and is not a folder", "pass a new or existing folder")
     to.mkdir(parents=True, exist_ok=True)
     root = to.resolve()
     for c, name in folder_names.items():
@@ -239,8 +256,6 @@ def export_clusters(run_dir: str | os.PathLike, to: str | os.PathLike, mode: str
 
     iterator: Any = list(zip(rows, _file_names(rows)))
     if progress:
-        from tqdm.auto import tqdm
-
         iterator = tqdm(iterator, desc="export", unit="file", leave=False)
     made_folders: set[int] = set()
     for (item, c), file_name in iterator:

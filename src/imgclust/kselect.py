@@ -48,19 +48,32 @@ when its clusters look merged or split. They are printed, plotted beside the cur
 from __future__ import annotations
 
 import contextlib
-import textwrap
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.linalg import eigsh
+from sklearn.metrics import adjusted_rand_score, calinski_harabasz_score, davies_bouldin_score, silhouette_score
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
 
 from .errors import ImgclustError
+from .methods.kmeans import kmeans, predict
+from .neighbors import load_faiss, nearest_neighbors, normalize_features
 
 CRITERIA = ("modularity", "silhouette", "eigengap", "stability", "calinski_harabasz", "davies_bouldin")
 DEFAULT_CRITERION = "modularity"
 DEFAULT_K_RANGE = (2, 30)
+#: Without a K range the top grows with the data: N // ROWS_PER_TOP_K, never below DEFAULT_K_RANGE's top nor
+#: above MAX_DEFAULT_TOP_K (a fixed 2..30 could never find 50 classes in 2,500 images).
+ROWS_PER_TOP_K = 40
+MAX_DEFAULT_TOP_K = 200
+#: Every K is tried up to DENSE_UP_TO; above it K grows by about GRID_RATIO per step (the estimate's cost grows
+#: with the number of K tried, and a ±5 % step is finer than the ±20 % an estimate of many clusters can hope for).
+DENSE_UP_TO = 40
+GRID_RATIO = 1.05
 #: Neighbours per row of the kNN graph of "modularity" and "eigengap", and the modularity resolution γ, chosen
 #: together on the development sets: a larger graph sees groups at a larger scale, which the resolution then
 #: balances against the number of clusters (the good settings form a ridge: 40-50 neighbours with γ ≈ 0.8,
@@ -147,10 +160,16 @@ def _floats(values: Sequence[float]) -> list[float | None]:
     return [None if not np.isfinite(v) else round(float(v), 6) for v in values]
 
 
-def parse_k_range(text: str | Sequence[int] | None) -> tuple[int, int]:
-    """``"2:30"`` (or ``(2, 30)``) → ``(2, 30)``; ``None`` → :data:`DEFAULT_K_RANGE`."""
+def default_k_range(n: int) -> tuple[int, int]:
+    """The K range searched for ``n`` rows when none is given: 2 .. clip(n // ROWS_PER_TOP_K, 30, 200)."""
+    return DEFAULT_K_RANGE[0], int(np.clip(n // ROWS_PER_TOP_K, DEFAULT_K_RANGE[1], MAX_DEFAULT_TOP_K))
+
+
+def parse_k_range(text: str | Sequence[int] | None, n: int | None = None) -> tuple[int, int]:
+    """``"2:30"`` (or ``(2, 30)``) → ``(2, 30)``; ``None`` → :func:`default_k_range` of ``n`` rows
+    (:data:`DEFAULT_K_RANGE` when ``n`` is not known)."""
     if text is None:
-        return DEFAULT_K_RANGE
+        return DEFAULT_K_RANGE if n is None else default_k_range(n)
     if isinstance(text, str):
         parts = text.replace("-", ":").split(":")
         try:
@@ -173,12 +192,15 @@ def _k_values(k_range: tuple[int, int], n: int, n_distinct: int) -> list[int]:
         raise ImgclustError(f"too few images ({n}) to estimate K in the range {k_range[0]}:{k_range[1]}",
                             f"pass -k explicitly, narrow --k-range, or add images (≥ {MIN_CLUSTER_SIZE * low} "
                             "needed)")
-    return list(range(low, high + 1))
+    values = list(range(low, min(high, DENSE_UP_TO) + 1))
+    k = values[-1] if values else low
+    while k < high:
+        k = min(high, max(k + 1, int(round(k * GRID_RATIO))))
+        values.append(k)
+    return values
 
 
 def _silhouette(x: np.ndarray, labels: np.ndarray) -> float:
-    from sklearn.metrics import silhouette_score
-
     if len(np.unique(labels)) < 2:
         return float("nan")
     return float(silhouette_score(x, labels, metric="cosine"))
@@ -254,11 +276,6 @@ def resolution_profile(k_values: Sequence[int], intra: Sequence[float], expected
 
 def eigenvalues(x: np.ndarray, n_eigen: int, n_neighbors: int = DEFAULT_N_NEIGHBORS) -> np.ndarray:
     """The ``n_eigen`` smallest eigenvalues of the normalised Laplacian of the kNN graph of unit rows ``x``."""
-    import scipy.sparse as sp
-    from scipy.sparse.linalg import eigsh
-
-    from .neighbors import nearest_neighbors
-
     n = x.shape[0]
     k = max(1, min(n_neighbors, n - 1))
     nn = nearest_neighbors(x, k)
@@ -282,10 +299,6 @@ def eigenvalues(x: np.ndarray, n_eigen: int, n_neighbors: int = DEFAULT_N_NEIGHB
 
 def _stability(x: np.ndarray, k: int, seed: int, n_pairs: int, n_init: int = 1, fraction: float = 0.8
                ) -> float:
-    from sklearn.metrics import adjusted_rand_score
-
-    from .methods.kmeans import kmeans, predict
-
     rng = np.random.default_rng([seed, k])
     n = x.shape[0]
     m = int(round(fraction * n))
@@ -314,7 +327,8 @@ def estimate_k(features: Any, k_range: tuple[int, int] | str | None = None, crit
     Args:
         features: (N, D) features (L2-normalised inside).
         k_range: ``(low, high)`` or ``"low:high"``, inclusive; the top is capped so that clusters average at
-            least :data:`MIN_CLUSTER_SIZE` rows. Default :data:`DEFAULT_K_RANGE`.
+            least :data:`MIN_CLUSTER_SIZE` rows. Default :func:`default_k_range` of the number of rows. Every K
+            is tried up to :data:`DENSE_UP_TO`, then a grid growing by :data:`GRID_RATIO`.
         criterion: one of :data:`CRITERIA`; chooses K.
         seed: seeds the subsample and the k-means runs.
         max_samples: at most this many rows are used (a fixed random subsample).
@@ -345,7 +359,7 @@ def estimate_k(features: Any, k_range: tuple[int, int] | str | None = None, crit
         raise ImgclustError(f"the modularity resolution must be ≥ 0, got {resolution!r}",
                             f"use e.g. the default {DEFAULT_RESOLUTION}")
     with single_threaded():
-        return _estimate_k(features, parse_k_range(k_range), wanted, seed, max_samples, n_runs, n_init,
+        return _estimate_k(features, parse_k_range(k_range, n=len(features)), wanted, seed, max_samples, n_runs, n_init,
                            stability_pairs, n_neighbors, resolution, progress)
 
 
@@ -357,10 +371,6 @@ def single_threaded() -> Iterator[None]:
     these spend most of their time waiting on each other (measured: 7× slower on a loaded 2-core CPU), while
     one thread does them in a fraction of a second each for the subsample sizes used here.
     """
-    from threadpoolctl import threadpool_limits
-
-    from .neighbors import load_faiss
-
     faiss = load_faiss()
     previous = faiss.omp_get_max_threads() if faiss is not None else None
     if faiss is not None:
@@ -379,8 +389,6 @@ _PARTITION_CRITERIA = ("silhouette", "calinski_harabasz", "davies_bouldin")
 def kmeans_runs(x: np.ndarray, k: int, seed: int, n_runs: int, n_init: int) -> list[Any]:
     """The ``n_runs`` spherical k-means fits (:class:`~imgclust.methods.kmeans.KMeansResult`) that
     :func:`estimate_k` scores for ``k`` on the unit rows ``x``; their seeds depend only on ``(seed, k)``."""
-    from .methods.kmeans import kmeans
-
     run_seeds = np.random.SeedSequence([seed, k]).generate_state(n_runs) & 0x7FFFFFFF
     return [kmeans(x, k, seed=int(run_seed), n_init=n_init) for run_seed in run_seeds]
 
@@ -395,19 +403,13 @@ def _partition_score(name: str, x: np.ndarray, labels: np.ndarray) -> float:
     if name == "silhouette":
         return _silhouette(x, labels)
     if name == "calinski_harabasz":
-        from sklearn.metrics import calinski_harabasz_score
-
         return float(calinski_harabasz_score(x, labels))
-    from sklearn.metrics import davies_bouldin_score
-
     return -float(davies_bouldin_score(x, labels))
 
 
 def _estimate_k(features: Any, low_high: tuple[int, int], wanted: list[str], seed: int, max_samples: int,
                 n_runs: int, n_init: int, stability_pairs: int, n_neighbors: int, resolution: float,
                 progress: bool) -> KSelection:
-    from .neighbors import nearest_neighbors, normalize_features
-
     started = time.perf_counter()
     x = normalize_features(features)
     n_total = x.shape[0]
@@ -465,57 +467,7 @@ def _estimate_k(features: Any, low_high: tuple[int, int], wanted: list[str], see
 def _progress(values: list[int], enabled: bool, desc: str) -> Any:
     if not enabled:
         return values
-    from tqdm.auto import tqdm
-
     return tqdm(values, desc=desc, unit="K", leave=False)
-
-
-# -- run folder ---------------------------------------------------------------------------------------------
-
-K_SELECTION_JSON = "k_selection.json"
-K_SELECTION_PNG = "k_selection.png"
-
-
-def write_k_selection(out_dir: str | Path, selection: KSelection, plot: bool = True) -> dict[str, Path]:
-    """Write ``k_selection.json`` (and ``k_selection.png`` when ``plot`` and matplotlib is there)."""
-    from ._io import write_json
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / K_SELECTION_JSON}
-    write_json(paths["json"], selection.to_dict())
-    if plot:
-        try:
-            from .report.plots import k_selection_figure, save_png
-        except ImportError:  # matplotlib missing: the JSON holds the same curve
-            return paths
-        paths["png"] = out_dir / K_SELECTION_PNG
-        save_png(k_selection_figure(selection.to_dict()), paths["png"])
-    return paths
-
-
-def format_curve(selection: KSelection, width: int = 30) -> str:
-    """The curve as a few lines of text for the terminal (a bar per K, the chosen K marked)."""
-    scores = np.asarray(selection.scores, dtype=float)
-    finite = scores[np.isfinite(scores)]
-    low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
-    span = (high - low) or 1.0
-    lines = [f"K estimated: {selection.k}  (criterion: {selection.criterion}, higher is better; "
-             f"{selection.n_samples} images, {selection.seconds:.1f} s)"]
-    for k, s in zip(selection.k_values, scores):
-        bar = "" if not np.isfinite(s) else "█" * max(1, int(round((s - low) / span * width)))
-        mark = "  ← chosen" if k == selection.k else ""
-        lines.append(f"  K={k:>3}  {s:>9.4f}  {bar}{mark}")
-    steps = steps_in_view([step.to_dict() for step in selection.profile])
-    if steps:
-        resolution = selection.settings.get("resolution")
-        lines.append(f"  modularity by resolution γ (the estimate uses γ = {resolution}; lower γ = coarser; "
-                     "a K that holds over a wide range of γ is a stable level):")
-        # No-break spaces inside an item keep "K=… for γ …" on one line.
-        items = [f"K={step['k']} for γ {resolution_range_text(step)}".replace(" ", "\u00a0") for step in steps]
-        lines += textwrap.wrap(" · ".join(items),
-                               width=100, initial_indent="    ", subsequent_indent="    ", break_on_hyphens=False)
-    return "\n".join(lines)
 
 
 def neighbouring_levels(selection: KSelection) -> tuple[int | None, int | None]:
@@ -552,22 +504,3 @@ def resolution_range_text(step: dict[str, Any]) -> str:
     if step["resolution_from"] == 0:
         return f"< {step['resolution_to']:.2f}"
     return f"{step['resolution_from']:.2f}–{step['resolution_to']:.2f}"
-
-
-def select_k_for_source(clusterer: Any, source: Any, k_range: Any = None, criterion: str = DEFAULT_CRITERION,
-                        progress: bool = True) -> tuple[KSelection, int | None]:
-    """Estimate K for what ``clusterer`` would cluster: features of ``source`` with its backbone (cached, so the
-    following ``fit`` reuses them). Returns the selection and the number of classes the source's own labels
-    have (for information only; ``None`` without labels)."""
-    from .estimator import resolve_device
-
-    clusterer.device_ = resolve_device(clusterer.device)
-    features, _, dataset = clusterer.encode(source)
-    selection = estimate_k(features, k_range=k_range, criterion=criterion, seed=int(clusterer.random_state),
-                           progress=progress)
-    n_classes = None
-    if getattr(dataset, "labels", None) is not None:
-        labels = np.asarray(dataset.labels)
-        n_classes = int(np.unique(labels[labels >= 0]).size)
-    return selection, n_classes
-

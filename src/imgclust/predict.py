@@ -10,6 +10,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import ImgclustError
+from .estimator import ImageClusterer
+from .runfolder import Assignments, write_assignments_csv
 
 
 @dataclass
@@ -53,8 +55,6 @@ def _source(inputs: Sequence[str]) -> Any:
 def predict_images(run_dir: str | os.PathLike, inputs: Sequence[str], device: str | None = None,
                    batch_size: int | None = None, progress: bool = True) -> Prediction:
     """Load the model saved in ``run_dir`` and assign ``inputs`` (a folder, image files, or any source)."""
-    from .estimator import ImageClusterer
-
     clusterer = ImageClusterer.load(run_dir)
     clusterer.progress = progress
     if device is not None:
@@ -62,17 +62,16 @@ def predict_images(run_dir: str | os.PathLike, inputs: Sequence[str], device: st
     if batch_size is not None:
         clusterer.batch_size = batch_size
     assignment, items, skipped = clusterer.predict_assignment(_source(list(inputs)))
-    k = int(clusterer.model_.config().get("n_clusters", clusterer.n_clusters))
+    k = int(clusterer.n_clusters_)
     return Prediction(items=items, labels=assignment.labels, confidence=assignment.confidence,
                       distance=assignment.distance, skipped=skipped, n_clusters=k)
 
 
 def write_prediction(path: str | os.PathLike, prediction: Prediction) -> Path:
     """``path, cluster, confidence, distance`` per row (the format of the run's assignments.csv)."""
-    from .report.outputs import write_assignments
-
     path = Path(path)
-    write_assignments(path, prediction.items, prediction.labels, prediction.confidence, prediction.distance)
+    write_assignments_csv(path, Assignments(prediction.items, prediction.labels, prediction.confidence,
+                                            prediction.distance))
     return path
 
 
@@ -80,9 +79,11 @@ def format_prediction(prediction: Prediction, limit: int = 20, more_hint: bool =
     """A table of the first ``limit`` rows and the count per cluster, for the terminal."""
     lines = []
     width = min(60, max((len(os.path.basename(i)) for i in prediction.items), default=4))
+    reasons = {s["item"]: s["reason"] for s in prediction.skipped}
     for item, c, conf in list(zip(prediction.items, prediction.labels, prediction.confidence))[:limit]:
         name = os.path.basename(item) or item
-        shown = "unreadable" if c < 0 else f"cluster {c:<3d} confidence {conf:.2f}"
+        shown = f"unreadable: {reasons.get(item, 'could not be decoded')}" if c < 0 else \
+            f"cluster {c:<3d} confidence {conf:.2f}"
         lines.append(f"  {name[:width]:<{width}}  {shown}")
     if 0 < limit < len(prediction.items):
         lines.append(f"  … {len(prediction.items) - limit} more"

@@ -46,6 +46,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 TEMP_SUFFIX = ".imgclust-tmp"   # imgclust._io.TEMP_SUFFIX, spelled out: the tests check the library
 LOCK_NAME = ".imgclust.lock"
+OUTPUT_MARKER = ".imgclust-output"  # imgclust._io.OUTPUT_MARKER, spelled out likewise
 
 #: (category, what) → count, summed over the session; categories "bad input", "interruption" (survived),
 #: "concurrent use", "offline" and "lost" (files or results lost: always 0 when the tests pass).
@@ -227,6 +228,8 @@ def assert_whole_files(folder: Path) -> int:
             elif suffix in (".png", ".jpg", ".jpeg"):
                 with Image.open(path) as image:
                     image.load()
+            elif path.name == OUTPUT_MARKER:  # a run folder's marker (one line of text)
+                assert path.read_text(encoding="utf-8").endswith("\n")
             else:
                 pytest.fail(f"unexpected file {path}: the whole-file check does not know it")
         except Exception as err:  # noqa: BLE001 (any failure to read back is the finding)

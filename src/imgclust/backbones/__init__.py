@@ -6,7 +6,7 @@
 """
 
 from .base import RANDOM_WEIGHTS, Backbone, Preprocess
-from .registry import DEFAULT_BACKBONE, TIMM_ALIASES, available_backbones, create_backbone
+from .registry import DEFAULT_BACKBONE, TIMM_ALIASES, available_backbones, check_backbone_name, create_backbone
 from .weights import file_sha256, load_state_dict
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "Backbone",
     "Preprocess",
     "available_backbones",
+    "check_backbone_name",
     "create_backbone",
     "file_sha256",
     "load_state_dict",

@@ -166,5 +166,18 @@ class Backbone(nn.Module, abc.ABC):
     def _split(self, n: int) -> tuple[nn.Module, nn.Module]:
         """:meth:`split` for 1 <= n <= num_blocks."""
 
+    def class_head(self) -> nn.Module | None:
+        """The ImageNet-1k classifier that maps this backbone's pooled features to class logits, if it has one.
+
+        Feature extraction drops the classifier; cluster naming (:mod:`imgclust.naming`) applies it to the cached
+        pooled features instead, so naming costs no second pass over the images.
+
+        Returns:
+            A CPU module in eval mode mapping float (N, feature_dim) to (N, 1000) logits in the standard
+            ImageNet-1k class order, or None when the weights have no such classifier (self-supervised or
+            random weights, other label sets).
+        """
+        return None
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, feature_dim={self.feature_dim}, weights_id={self.weights_id!r}"

@@ -21,6 +21,7 @@ from .weights import apply_state_dict, load_state_dict, weights_id_of
 
 # The classifier and its dropout are removed: features are the pooled output of the head conv.
 _CLASSIFIER_MODULES = ("_fc", "_dropout", "_avg_pooling")
+IMAGENET_CLASSES = 1000
 
 
 @dataclass(frozen=True)
@@ -85,9 +86,11 @@ class EfficientNetLiteBackbone(Backbone):
     the 1×1 head conv, its batch norm and the pooling.
     """
 
-    def __init__(self, name: str, model: EfficientNet, preprocess: Preprocess, weights_id: str):
+    def __init__(self, name: str, model: EfficientNet, preprocess: Preprocess, weights_id: str,
+                 weights_path: str | None = None):
         super().__init__(name, model._bn1.num_features, preprocess, weights_id)
         self.model = model
+        self.weights_path = weights_path  # read again by class_head(): the classifier is not kept in memory
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.extract_features(x).mean((2, 3))
@@ -103,6 +106,18 @@ class EfficientNetLiteBackbone(Backbone):
         trunk = nn.Sequential(_Stem(self.model), _Blocks(blocks[:cut], rates[:cut]))
         tail = nn.Sequential(_Blocks(blocks[cut:], rates[cut:]), _Head(self.model))
         return trunk, tail
+
+    def class_head(self) -> nn.Linear | None:
+        """The ``_fc`` classifier of the weights file (the pooled features are its input), or None."""
+        if self.weights_path is None:
+            return None
+        state = load_state_dict(self.weights_path)
+        weight, bias = state.get("_fc.weight"), state.get("_fc.bias")
+        if weight is None or bias is None or tuple(weight.shape) != (IMAGENET_CLASSES, self.feature_dim):
+            return None
+        head = nn.Linear(self.feature_dim, IMAGENET_CLASSES)
+        head.load_state_dict({"weight": weight.float(), "bias": bias.float()})
+        return head.eval()
 
     def _drop_connect_rates(self) -> list[float]:
         # Same schedule as EfficientNet.extract_features: rate grows linearly with the block index.
@@ -132,10 +147,10 @@ def create_efficientnet_lite(name: str, weights: str | None = None) -> Efficient
         _load_into(model, path)
         weights_id = weights_id_of(path)
     else:
-        weights_id = RANDOM_WEIGHTS_ID
+        path, weights_id = None, RANDOM_WEIGHTS_ID
     preprocess = Preprocess(variant.input_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                             interpolation="bicubic", crop_pct=1.0)
-    return EfficientNetLiteBackbone(name, model, preprocess, weights_id).eval()
+    return EfficientNetLiteBackbone(name, model, preprocess, weights_id, weights_path=path).eval()
 
 
 def _load_into(model: EfficientNet, path: str) -> None:

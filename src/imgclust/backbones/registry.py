@@ -99,10 +99,26 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | None = None) ->
     key = name.lower().replace("-", "_")
     if key in _REGISTRY:
         return _REGISTRY[key](key, weights)
-    from .timm_models import create_timm_backbone, is_timm_model, timm_model_names
+    check_backbone_name(name)
+    from .timm_models import create_timm_backbone
+
+    return create_timm_backbone(name, weights)
+
+
+def check_backbone_name(name: str) -> None:
+    """Refuse a name that is neither in the registry nor a timm model; builds nothing.
+
+    Raises:
+        ImgclustError: unknown name, with the closest names.
+    """
+    name = name.strip()
+    key = name.lower().replace("-", "_")
+    if key in _REGISTRY:
+        return
+    from .timm_models import is_timm_model, timm_model_names  # importing timm takes seconds: only when needed
 
     if is_timm_model(name):
-        return create_timm_backbone(name, weights)
+        return
     close = difflib.get_close_matches(key, sorted({*available_backbones(), *timm_model_names()}), n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     raise ImgclustError(

@@ -29,6 +29,7 @@ from ..errors import ImgclustError
 from .base import RANDOM_WEIGHTS, RANDOM_WEIGHTS_ID, Backbone, Preprocess
 from .weights import apply_state_dict, load_state_dict, weights_id_of
 
+IMAGENET_CLASSES = 1000
 # A connection attempt to the hub (or the HTTPS proxy) that takes longer than this counts as offline:
 # without this check huggingface_hub retries with back-off for ~50 s before failing.
 _HUB_PROBE_TIMEOUT_S = 3.0
@@ -149,10 +150,12 @@ class TimmBackbone(Backbone):
     trainable blocks.
     """
 
-    def __init__(self, name: str, model: nn.Module, preprocess: Preprocess, weights_id: str):
+    def __init__(self, name: str, model: nn.Module, preprocess: Preprocess, weights_id: str,
+                 weights_path: str | None = None):
         super().__init__(name, getattr(model, "head_hidden_size", None) or model.num_features, preprocess,
                          weights_id)
         self.model = model
+        self.weights_path = weights_path  # a local weights file (None: hub or random); read by class_head()
 
     @property
     def _family(self) -> _Family | None:
@@ -177,6 +180,27 @@ class TimmBackbone(Backbone):
 
     def _split(self, n: int) -> tuple[nn.Module, nn.Module]:
         return self._family.split(self.model, n)
+
+    def class_head(self) -> nn.Linear | None:
+        """The pretrained 1000-class classifier (timm's ``get_classifier()``), read again from the hub or the
+        local weights file since the backbone is built without it; None for headless or random weights."""
+        cfg = self.model.pretrained_cfg
+        classifier = cfg.get("classifier")
+        if (cfg.get("num_classes") != IMAGENET_CLASSES or not isinstance(classifier, str)
+                or self.weights_id == RANDOM_WEIGHTS_ID):
+            return None
+        if self.weights_path is not None:
+            state = load_state_dict(self.weights_path)
+            weight, bias = state.get(f"{classifier}.weight"), state.get(f"{classifier}.bias")
+        else:
+            timm_name = f"{cfg['architecture']}.{cfg['tag']}" if cfg.get("tag") else cfg["architecture"]
+            full = _create_pretrained(self.name, timm_name, {}).get_classifier()
+            weight, bias = (full.weight, full.bias) if isinstance(full, nn.Linear) else (None, None)
+        if weight is None or bias is None or tuple(weight.shape) != (IMAGENET_CLASSES, self.feature_dim):
+            return None
+        head = nn.Linear(self.feature_dim, IMAGENET_CLASSES)
+        head.load_state_dict({"weight": weight.detach().float(), "bias": bias.detach().float()})
+        return head.eval()
 
 
 def create_timm_backbone(name: str, weights: str | None = None, *, timm_name: str | None = None,
@@ -218,7 +242,8 @@ def create_timm_backbone(name: str, weights: str | None = None, *, timm_name: st
     config = timm.data.resolve_model_data_config(model)
     preprocess = Preprocess(int(config["input_size"][-1]), tuple(config["mean"]), tuple(config["std"]),
                             interpolation=config["interpolation"], crop_pct=float(config["crop_pct"]))
-    return TimmBackbone(name, model, preprocess, weights_id).eval()
+    weights_path = weights if weights not in (None, RANDOM_WEIGHTS) else None
+    return TimmBackbone(name, model, preprocess, weights_id, weights_path=weights_path).eval()
 
 
 def _load_local(model: nn.Module, path: str, name: str) -> None:

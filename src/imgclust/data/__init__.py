@@ -21,13 +21,13 @@ __all__ = [
     "IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS",
 ]
 
-_ACCEPTED = ("a folder of images; a .npy/.npz file; builtin:NAME or builtin:NAME:SPLIT; a list of image paths; "
-             "a numpy array (uint8 images (N,H,W[,C]) or float embeddings (N,D)); an ImageDataset or "
-             "EmbeddingDataset")
+_ACCEPTED = ("a folder of images, a .npy/.npz file (uint8 images (N,H,W[,C]) or float embeddings (N,D)), or "
+             "builtin:NAME[:SPLIT] (from Python also a list of image paths or such an array)")
 
 
 def load_source(spec: Any, labels: Sequence | np.ndarray | str | os.PathLike | None = None,
-                data_root: str | os.PathLike | None = None) -> ImageDataset | EmbeddingDataset:
+                data_root: str | os.PathLike | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+                ) -> ImageDataset | EmbeddingDataset:
     """Open a data source from any of the accepted forms.
 
     Args:
@@ -38,6 +38,7 @@ def load_source(spec: Any, labels: Sequence | np.ndarray | str | os.PathLike | N
             strings), a ``.npy`` file, or a text file with one label per line. Not allowed with a dataset
             object (set its ``labels`` instead).
         data_root: parent folder of the built-in data sets (default ``$IMGCLUST_DATA``).
+        max_pixels: image files declaring more pixels are skipped as bad (decompression-bomb guard).
 
     Raises:
         ImgclustError: the spec matches no accepted form (the message lists the forms and the built-in
@@ -48,14 +49,14 @@ def load_source(spec: Any, labels: Sequence | np.ndarray | str | os.PathLike | N
             raise ImgclustError("labels were given together with a dataset object",
                                 "set the dataset's labels attribute instead")
         return spec
-    dataset = _open(spec, data_root)
+    dataset = _open(spec, data_root, max_pixels)
     if labels is not None:
         values = _read_labels(labels)
         dataset.labels, dataset.class_names = check_labels(values, None, len(dataset), f"labels for {dataset.name}")
     return dataset
 
 
-def _open(spec: Any, data_root: str | os.PathLike | None) -> ImageDataset | EmbeddingDataset:
+def _open(spec: Any, data_root: str | os.PathLike | None, max_pixels: int | None) -> ImageDataset | EmbeddingDataset:
     if isinstance(spec, np.ndarray):
         return dataset_from_array(spec)
     if isinstance(spec, str) and spec.startswith("builtin:"):
@@ -64,7 +65,7 @@ def _open(spec: Any, data_root: str | os.PathLike | None) -> ImageDataset | Embe
     if isinstance(spec, (str, os.PathLike)):
         path = Path(spec).expanduser()
         if path.is_dir():
-            return FolderDataset(path)
+            return FolderDataset(path, max_pixels=max_pixels)
         if path.suffix.lower() in (".npy", ".npz"):
             return load_array_file(path)
         if not path.exists():
@@ -72,7 +73,7 @@ def _open(spec: Any, data_root: str | os.PathLike | None) -> ImageDataset | Embe
             raise ImgclustError(f"data source {path} does not exist{hint}", _fix())
         raise ImgclustError(f"cannot use the file {path} as a data source", _fix())
     if isinstance(spec, (list, tuple)) and spec and all(isinstance(p, (str, os.PathLike)) for p in spec):
-        return PathListDataset(spec)
+        return PathListDataset(spec, max_pixels=max_pixels)
     raise ImgclustError(f"cannot use {type(spec).__name__} {str(spec)[:80]!r} as a data source", _fix())
 
 

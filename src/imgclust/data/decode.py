@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,10 @@ def open_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         # Any exception from here on means the bytes are not a usable image: Pillow raises a wide, undocumented
         # set (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, …) for corrupt input.
         try:
-            img = Image.open(fh)
+            with warnings.catch_warnings():
+                # the max_pixels check below decides; Pillow's own warning would only reach the terminal
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(fh)
         except Image.DecompressionBombError as exc:
             raise _bad(path, f"declared size is too large ({exc})") from None
         except Image.UnidentifiedImageError:
@@ -64,7 +68,8 @@ def open_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         width, height = img.size
         if max_pixels is not None and width * height > max_pixels:
             raise _bad(path, f"declared size {width}x{height} = {width * height:,} pixels exceeds the limit of "
-                             f"{max_pixels:,} (decompression-bomb guard); raise max_pixels if the image is genuine")
+                             f"{max_pixels:,} (decompression-bomb guard); if the image is genuine, raise the limit "
+                             "(imgclust cluster --max-pixels N; Python: max_pixels=N)")
         try:
             if draft_size is not None and img.format == "JPEG":
                 img.draft(None, (draft_size, draft_size))

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from .._io import OUTPUT_MARKER
 from ..errors import ImgclustError
 from .arrays import check_labels
 from .base import ImageDataset
@@ -162,9 +163,10 @@ class FolderDataset(PathListDataset):
         if not files:
             content = f"it holds {n_other} other files" if n_other else "it is empty"
             raise ImgclustError(f"no image files found in {self.root}: {content} (searched recursively for "
-                                f"{', '.join(wanted)}, any letter case, skipping hidden names)",
-                                "point to the folder that contains your images, or pass extensions= for "
-                                "other file types")
+                                f"{', '.join(wanted)}, any letter case, skipping hidden names and imgclust's own "
+                                "output folders)",
+                                "point to the folder that contains your images (Python: extensions= "
+                                "selects other file types)")
         labels, class_names = _labels_from_layout(files)
         super().__init__([self.root / f for f in files], labels, class_names, max_pixels=max_pixels,
                          draft_size=draft_size, name=str(self.root))
@@ -198,7 +200,8 @@ class FolderDataset(PathListDataset):
                 if entry.name.startswith(".") or (entry.is_symlink() and not follow_symlinks):
                     continue
                 if _is_dir(entry):
-                    subdirs.append(rel / entry.name)
+                    if not os.path.exists(os.path.join(entry.path, OUTPUT_MARKER)):  # imgclust's own outputs
+                        subdirs.append(rel / entry.name)
                 elif os.path.splitext(entry.name)[1].lower() in extensions:
                     # kept even if unreadable or a broken link: load() then reports it as a bad image
                     found.append(rel / entry.name)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..data.base import ImageDataset
+from ..features.source import FeatureSource
 
 
 @dataclass
@@ -33,15 +34,18 @@ class FitContext:
     """Everything a method may use to fit. Labels are for logging/evaluation only, never for fitting.
 
     Attributes:
-        features: (N, D) float32 backbone features of the clean view (L2-normalisation is the method's job).
+        features: (N, D) float32 clean features (L2-normalisation is the method's job), or what the method's
+            ``fit_input`` asked for (e.g. uint8 (N, 3, S, S) pixels).
         n_clusters: K.
         dataset: the decodable images (row i ↔ features[i]), or ``None`` for bring-your-own embeddings.
-        backbone: the backbone that produced ``features``, or ``None`` for embeddings.
+        source: the feature source that produced ``features`` (backbones and extraction settings, to compute
+            augmented views or fine-tune), or ``None`` for embeddings.
+        spaces: column ranges ``(start, stop)`` of the representation spaces in ``features`` (one per
+            backbone); default: one space of all columns.
         labels: (N,) int64 ground truth when known, for logging purity/metrics per epoch only.
         run_dir: folder for checkpoints and the training log, or ``None`` (no checkpoints).
         resume: continue from ``run_dir/checkpoints/last.pt`` when it exists.
-        options: method-specific settings (validated by the method).
-        cache_dir, batch_size, num_workers, progress, shard_size, precision: for feature extraction.
+        options: method-specific settings (resolved by the method's declared options).
     """
 
     features: np.ndarray
@@ -49,17 +53,16 @@ class FitContext:
     seed: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dataset: ImageDataset | None = None
-    backbone: Any = None
+    source: FeatureSource | None = None
+    spaces: list[tuple[int, int]] = field(default_factory=list)
     labels: np.ndarray | None = None
     run_dir: Path | None = None
     resume: bool = False
-    cache_dir: Path | None = None
-    batch_size: int = 64
-    num_workers: int | None = None
-    progress: bool = True
-    shard_size: int = 2048
-    precision: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.spaces and np.ndim(self.features) == 2:
+            self.spaces = [(0, int(np.shape(self.features)[1]))]
 
 
 class ClusterModel(abc.ABC):

@@ -18,6 +18,8 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
+from sklearn.cluster import KMeans
+from sklearn.metrics import normalized_mutual_info_score
 
 from ..errors import ImgclustError
 from .base import Assignment, ClusterModel
@@ -47,8 +49,6 @@ def one_hot_codes(labelings: Sequence[np.ndarray], n_clusters: int) -> np.ndarra
 def consensus_partition(labelings: Sequence[np.ndarray], n_clusters: int, seed: int = 0,
                         n_init: int = 10) -> Consensus:
     """k-means (``n_init`` seeded restarts) on the one-hot codes of ``labelings``; labels = nearest centre."""
-    from sklearn.cluster import KMeans
-
     if len(labelings) < 1:
         raise ImgclustError("no labelling to combine", "pass at least one labelling")
     codes = one_hot_codes(labelings, n_clusters)
@@ -64,8 +64,6 @@ def _nearest(codes: np.ndarray, centres: np.ndarray) -> np.ndarray:
 
 def mean_pairwise_nmi(labelings: Sequence[np.ndarray]) -> float:
     """How much the restarts agree (1 = identical partitions); a label-free diagnostic for the log."""
-    from sklearn.metrics import normalized_mutual_info_score
-
     pairs = [(a, b) for i, a in enumerate(labelings) for b in labelings[i + 1:]]
     return float(np.mean([normalized_mutual_info_score(a, b) for a, b in pairs])) if pairs else 1.0
 

@@ -28,10 +28,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.cluster import KMeans
 
 from ..errors import ImgclustError
 from ..neighbors import APPROXIMATE_ABOVE, load_faiss, normalize_block, normalize_features
 from .base import Assignment, ClusterModel, FitContext, FitResult
+from .options import OptionSet, options_from_signature
+from .registry import register_method
 
 BACKENDS = ("auto", "faiss", "sklearn")
 
@@ -198,8 +201,6 @@ def _faiss_run(faiss: ModuleType, x: np.ndarray, k: int, seed: int, max_iter: in
 
 def _sklearn_kmeans(x: np.ndarray, k: int, seed: int, n_init: int, max_iter: int) -> tuple[np.ndarray, int]:
     """scikit-learn KMeans on the unit rows; returns (renormalised centres (K, D), iterations)."""
-    from sklearn.cluster import KMeans
-
     km = KMeans(n_clusters=k, n_init=n_init, max_iter=max_iter, random_state=seed).fit(x)
     return normalize_features(km.cluster_centers_), int(km.n_iter_)
 
@@ -300,16 +301,17 @@ class KMeansModel(ClusterModel):
         return cls(centers.float().numpy(), config.get("temperature", CONFIDENCE_TEMPERATURE))
 
 
-_OPTIONS = ("n_init", "max_iter", "backend", "approximate_above")
+KMEANS_OPTIONS = OptionSet("k-means", options_from_signature("method", kmeans, exclude=("features", "n_clusters",
+                                                                                       "seed")))
 
 
+@register_method("kmeans", model=KMeansModel, options=KMEANS_OPTIONS,
+                 summary="spherical k-means on L2-normalised backbone features (the baseline)")
 def fit_kmeans(context: FitContext) -> FitResult:
-    """Registry entry point: k-means on ``context.features`` with ``context.options`` ⊆ n_init, max_iter, backend."""
-    unknown = sorted(set(context.options) - set(_OPTIONS))
-    if unknown:
-        raise ImgclustError(f"unknown k-means option(s): {', '.join(unknown)}.",
-                            fix=f"k-means accepts: {', '.join(_OPTIONS)}.")
-    result = kmeans(context.features, context.n_clusters, seed=context.seed, **context.options)
+    """Registry entry point: k-means on ``context.features``; options: :func:`kmeans`'s n_init, max_iter,
+    backend, approximate_above."""
+    opts = KMEANS_OPTIONS.resolve(context.options)
+    result = kmeans(context.features, context.n_clusters, seed=context.seed, **opts["method"])
     return FitResult(
         model=KMeansModel(result.centers),
         assignment=Assignment(labels=result.labels, confidence=result.confidence, distance=result.distances),

@@ -1,5 +1,6 @@
-"""Report stage: the files a run leaves in its output folder."""
+"""Report stage: ``report.html``, a self-contained page of a run (written from memory by the run, or rebuilt
+from a run folder by ``imgclust report``)."""
 
-from .outputs import write_assignments, write_run_outputs
+from .html import RunData, load_run, write_report
 
-__all__ = ["write_assignments", "write_run_outputs"]
+__all__ = ["RunData", "load_run", "write_report"]

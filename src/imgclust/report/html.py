@@ -1,14 +1,17 @@
-"""``report.html``: a self-contained visual report of a run folder.
+"""``report.html``: a self-contained visual report of a run.
 
 It opens from disk with no network (a Content-Security-Policy forbids any fetch): thumbnails and figures are
-embedded as base64 data URIs. Contents: a summary, cluster sizes, a 2-D map of the embeddings coloured by
-cluster, the choice of K (when K was estimated), metrics and a confusion matrix (when the data had labels), one
-section per cluster with its most central and least confident images, the skipped files, and the run's
-configuration. Every file name, label and setting is HTML-escaped.
+embedded as base64 data URIs, each thumbnail once. The page is rendered from Jinja2 templates
+(``report/templates/``, one per section, autoescaping on): a summary (with the label-free quality and the
+candidates compared, when the run has them), a 2-D map of the embeddings coloured by cluster, the cluster sizes,
+the choice of K (when K was estimated), metrics and a confusion matrix (when the data had labels), one section
+per cluster with its name, its most central and its least confident images, the duplicate groups and the
+outliers (when found), the skipped files, and the run's configuration. Every file name, label and setting is
+HTML-escaped.
 
-Everything is read back from the run folder (assignments.csv, run.json, metrics.json, k_selection.json,
-model.json), so ``imgclust report RUN_DIR`` rebuilds it at any time; the features for the map come from the
-feature cache (or are passed in by the caller that has them).
+Two ways in: ``imgclust cluster`` passes what it holds in memory (``write_report(out, data=RunData(...),
+features=..., dataset=...)``); ``imgclust report RUN_DIR`` reads the folder back (:func:`load_run`) and takes the
+features for the map from the feature cache recorded in run.json.
 """
 
 from __future__ import annotations
@@ -21,26 +24,59 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import jinja2
 import numpy as np
+from markupsafe import Markup
+from PIL import Image
+from tqdm.auto import tqdm
 
+from .._io import atomic_path, write_text
+from ..data import load_source, open_image
+from ..data.base import EmbeddingDataset
 from ..errors import ImgclustError
+from ..features import FeatureCache
+from ..kselect import resolution_range_text, steps_in_view
+from ..runfolder import DUPLICATES, K_SELECTION_JSON, METRICS, MODEL_JSON, OUTLIERS, PLOTS, REPORT, RUN_INFO, RunFolder
+from . import plots as P
 
 _logger = logging.getLogger(__name__)
 
-REPORT_NAME = "report.html"
-PLOTS_DIR = "plots"
+REPORT_NAME = REPORT
+PLOTS_DIR = PLOTS
 THUMB_SIZE = 96
-#: At most this many thumbnails in all (per-cluster counts shrink for large K to keep the file small).
+#: At most this many thumbnails in the cluster galleries (per-cluster counts shrink for large K to keep the file
+#: small); the duplicates and outliers sections add at most their own caps below.
 MAX_THUMBNAILS = 1600
+MAX_DUPLICATE_GROUPS = 60
+MAX_GROUP_THUMBNAILS = 8
+MAX_OUTLIERS = 40
+MAX_SKIPPED_ROWS = 500
+
+_CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+        "base-uri 'none'; form-action 'none'")
+#: The source of a repeated thumbnail until the page's script copies the first one's (a 1×1 transparent GIF).
+_PLACEHOLDER = "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"
 
 
 @dataclass
 class RunData:
-    """What a run folder holds, as the report needs it."""
+    """What the report shows of a run: from memory (``imgclust cluster``) or read back by :func:`load_run`.
+
+    Row-wise arrays have one entry per input row of ``assignments.csv`` (``clusters`` is -1 for skipped rows).
+    ``labels``: the label name of each row (``""`` when unlabelled), or ``None`` without labels.
+    ``run``: run.json's content (``source``, ``config``, ``timings_seconds``, ``skipped``, ``cwd``…).
+    Optional parts, each shown when present:
+    ``cluster_names``: one short name per cluster; ``duplicates``: groups ``{"kind": "exact"|"near",
+    "items": [row indices], "similarity": float}``; ``outliers``: ``{"row": int, "score": float}``, most unusual
+    first (higher score = more unusual); ``quality``: the label-free score (``{"kappa": float, "per_space":
+    ...}``); ``candidates``: one dict per candidate a method ``auto`` compared (its settings and ``kappa``;
+    ``"chosen": True`` on the one kept). Row indices index ``items`` (every row, skipped ones included).
+    """
 
     run_dir: Path
     items: list[str]
@@ -53,79 +89,120 @@ class RunData:
     metrics: dict[str, Any] | None
     k_selection: dict[str, Any] | None
     model: dict[str, Any] | None
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ImgclustError(f"cannot read {path}: {err}", "re-run `imgclust cluster` to rewrite the run folder"
-                            ) from err
-
-
-def read_assignments(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, list[str] | None]:
-    """``assignments.csv`` → (items, clusters, confidence, distance, label names or None)."""
-    if not path.exists():
-        raise ImgclustError(f"{path.parent} is not an imgclust run folder (no assignments.csv)",
-                            "point at the --out folder of a finished `imgclust cluster` run")
-    items, clusters, conf, dist, labels = [], [], [], [], []
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        has_label = "label" in (reader.fieldnames or [])
-        try:
-            for row in reader:
-                items.append(row["path"])
-                clusters.append(int(row["cluster"]))
-                conf.append(float(row["confidence"]) if row["confidence"] else np.nan)
-                dist.append(float(row["distance"]) if row["distance"] else np.nan)
-                if has_label:
-                    labels.append(row["label"] or "")
-        except (KeyError, ValueError) as err:
-            raise ImgclustError(f"{path} is malformed ({err})", "re-run `imgclust cluster` to rewrite it") from err
-    return (items, np.asarray(clusters, dtype=np.int64), np.asarray(conf, dtype=np.float64),
-            np.asarray(dist, dtype=np.float64), labels if has_label else None)
+    cluster_names: list[str] | None = None
+    duplicates: list[dict[str, Any]] | None = None
+    outliers: list[dict[str, Any]] | None = None
+    quality: dict[str, Any] | None = None
+    candidates: list[dict[str, Any]] | None = None
 
 
 def load_run(run_dir: str | os.PathLike) -> RunData:
     """Read a run folder written by ``imgclust cluster``."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ImgclustError(f"run folder {run_dir} does not exist", "pass the --out folder of `imgclust cluster`")
-    items, clusters, conf, dist, labels = read_assignments(run_dir / "assignments.csv")
-    run = _read_json(run_dir / "run.json") or {}
-    model = _read_json(run_dir / "model.json")
+    folder = RunFolder(run_dir).require()
+    rows = folder.read_assignments()
+    run = folder.read_json(RUN_INFO) or {}
+    model = folder.read_json(MODEL_JSON)
     k = len(run.get("cluster_sizes") or [])
     if not k and model:
         k = int(model.get("model_config", {}).get("n_clusters", 0))
-    k = max(k, int(clusters.max()) + 1 if clusters.size else 0)
-    return RunData(run_dir=run_dir, items=items, clusters=clusters, confidence=conf, distance=dist,
-                   labels=labels, n_clusters=k, run=run, metrics=_read_json(run_dir / "metrics.json"),
-                   k_selection=_read_json(run_dir / "k_selection.json"), model=model)
+    k = max(k, int(rows.clusters.max()) + 1 if rows.clusters.size else 0)
+    return RunData(run_dir=folder.path, items=rows.items, clusters=rows.clusters, confidence=rows.confidence,
+                   distance=rows.distance, labels=rows.labels, n_clusters=k, run=run,
+                   metrics=folder.read_json(METRICS), k_selection=folder.read_json(K_SELECTION_JSON), model=model,
+                   cluster_names=rows.cluster_names, duplicates=_read_duplicates(folder / DUPLICATES, rows.items),
+                   outliers=_read_outliers(folder / OUTLIERS, rows.items), quality=run.get("quality"),
+                   candidates=run.get("candidates"))
 
 
-# -- images -------------------------------------------------------------------------------------------------
+def _read_table(path: Path) -> list[dict[str, str]] | None:
+    if not path.is_file():
+        return None
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ImgclustError(f"cannot read {path}: {err}", "re-run `imgclust cluster` to rewrite the run folder"
+                            ) from err
+
+
+def _read_duplicates(path: Path, items: list[str]) -> list[dict[str, Any]] | None:
+    """duplicates.csv (one line per image: ``group``, ``kind``, ``similarity``, ``item``) as RunData groups."""
+    table = _read_table(path)
+    if table is None:
+        return None
+    row_of = {item: i for i, item in enumerate(items)}
+    groups: dict[str, dict[str, Any]] = {}
+    try:
+        for line in table:
+            group = groups.setdefault(line["group"], {"kind": line["kind"], "items": [],
+                                                      "similarity": float(line["similarity"])})
+            if line["item"] in row_of:
+                group["items"].append(row_of[line["item"]])
+    except (KeyError, ValueError) as err:
+        raise ImgclustError(f"{path} is malformed ({err})", "re-run `imgclust cluster` to rewrite it") from err
+    return list(groups.values())
+
+
+def _read_outliers(path: Path, items: list[str]) -> list[dict[str, Any]] | None:
+    """outliers.csv (``rank``, ``item``, ``density``, ``z``; most unusual first) as RunData outliers; the score
+    is minus the robust z-score of the neighbour density (higher = more unusual)."""
+    table = _read_table(path)
+    if table is None:
+        return None
+    row_of = {item: i for i, item in enumerate(items)}
+    try:
+        return [{"row": row_of[line["item"]], "score": -float(line["z"])} for line in table if line["item"] in row_of]
+    except (KeyError, ValueError) as err:
+        raise ImgclustError(f"{path} is malformed ({err})", "re-run `imgclust cluster` to rewrite it") from err
+
+
+# -- the source and its images --------------------------------------------------------------------------------
+
+def resolve_source(run: dict[str, Any]) -> tuple[Any, str]:
+    """The run's source as it can be opened from here, and ``""``; or ``None`` and why not.
+
+    A relative path is taken against the folder the run was started from (run.json's ``cwd``), so
+    ``imgclust report`` works from any directory; without a recorded ``cwd`` it is tried from here."""
+    source = run.get("source")
+    if not isinstance(source, str) or not source or source.startswith(("builtin:", "<")):
+        return (source or None), ("" if source else "run.json records no source")
+    path = os.path.expanduser(source)
+    if os.path.isabs(path):
+        return path, ""
+    cwd = run.get("cwd")
+    if cwd:
+        return os.path.join(cwd, path), ""
+    if os.path.exists(path):
+        return path, ""
+    return None, (f"the run's source {source!r} is a relative path and run.json does not record the folder it "
+                  "was run from; run `imgclust report` from that folder")
+
+
+def _open_source(data: RunData) -> Any:
+    """The run's dataset, reopened from its source (ImgclustError when it cannot be)."""
+    spec, why_not = resolve_source(data.run)
+    if spec is None:
+        raise ImgclustError(f"cannot reopen the source: {why_not}", "run `imgclust report` where the run was made")
+    return load_source(spec, data_root=(data.run.get("config") or {}).get("data_root"))
+
 
 class _ImageOpener:
-    """Opens the image of a row: the file itself when the item is a path, else through the run's source."""
+    """Opens the image of a row: the file itself when the item is a path, else through the run's dataset
+    (reopened from the source when the caller did not pass it)."""
 
     def __init__(self, data: RunData, dataset: Any = None):
         self.data = data
         self.dataset = dataset
+        self.note = ""
         self._index: dict[str, int] | None = None
-        self._failed = False
 
     def _from_dataset(self, item: str) -> Any:
-        if self.dataset is None and not self._failed:
+        if self.dataset is None and not self.note:
             try:
-                from ..data import load_source
-
-                self.dataset = load_source(self.data.run.get("source", ""),
-                                           data_root=(self.data.run.get("config") or {}).get("data_root"))
-            except Exception as err:  # no thumbnails for this source: the report says so
-                _logger.info("report: cannot reopen the source for thumbnails: %s", err)
-                self._failed = True
+                self.dataset = _open_source(self.data)
+            except ImgclustError as err:
+                self.note = f"Some thumbnails are missing: {err.message}."
+                _logger.info("report: %s", self.note)
         if self.dataset is None or not hasattr(self.dataset, "load"):
             return None
         if self._index is None:
@@ -134,8 +211,6 @@ class _ImageOpener:
         return None if i is None else self.dataset.load(i)
 
     def __call__(self, item: str) -> Any:
-        from ..data import open_image
-
         try:
             if os.path.isfile(item):
                 return open_image(item)
@@ -147,8 +222,6 @@ class _ImageOpener:
 
 def thumbnail_data_uri(image: Any, size: int = THUMB_SIZE) -> str:
     """A JPEG data URI of ``image`` fitted into ``size``×``size`` (small images are enlarged)."""
-    from PIL import Image
-
     im = image.convert("RGB")
     w, h = im.size
     scale = size / max(w, h)
@@ -166,245 +239,128 @@ def _png_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+def _make_thumbnails(data: RunData, rows: Iterable[int], dataset: Any, progress: bool) -> tuple[dict[int, str], str]:
+    """``{row: data URI}`` of the rows whose image could be opened, and a note when some could not."""
+    opener = _ImageOpener(data, dataset)
+    wanted = sorted(set(rows))
+    thumbs: dict[int, str] = {}
+    for i in tqdm(wanted, desc="report thumbnails", unit="img", leave=False, disable=not progress):
+        image = opener(data.items[i])
+        if image is not None:
+            try:
+                thumbs[i] = thumbnail_data_uri(image)
+            except Exception as err:  # never let one odd image stop the report
+                _logger.debug("report: thumbnail of %s failed: %s", data.items[i], err)
+    return thumbs, opener.note
+
+
 # -- features for the map -------------------------------------------------------------------------------------
 
-def features_for_run(data: RunData, device: str = "cpu", progress: bool = False) -> np.ndarray | None:
-    """Backbone features of the clustered rows (those with cluster ≥ 0, in order), from the feature cache.
+#: Gets the map's features of a run when the caller has none: (N_clustered, D) array, or ``None``, or
+#: ImgclustError saying why not.
+FeatureLoader = Callable[[RunData], "np.ndarray | None"]
 
-    Returns ``None`` (with a log line) when they cannot be had (no saved model, source gone...)."""
-    from ..data import load_source
-    from ..data.base import EmbeddingDataset
 
-    source = data.run.get("source")
-    if not source:
-        return None
+def cached_features(data: RunData) -> np.ndarray:
+    """Features of the clustered rows (cluster ≥ 0, in order) without running a backbone: the feature-cache
+    entry recorded in run.json, or the embeddings of an embedding source.
+
+    Raises:
+        ImgclustError: saying why they cannot be had (the report shows it in place of the map)."""
+    clustered = np.flatnonzero(data.clusters >= 0)
+    features = _feature_cache_entry(data, clustered) if data.run.get("feature_cache") else _embeddings(data)
+    if len(features) != len(clustered):
+        raise ImgclustError(f"the features hold {len(features)} rows for the run's {len(clustered)} clustered "
+                            "images", _RERUN)
+    return features
+
+
+_RERUN = "re-run `imgclust cluster` to rebuild the run folder"
+
+
+def _feature_cache_entry(data: RunData, clustered: np.ndarray) -> np.ndarray:
+    entry = Path(data.run["feature_cache"])
     try:
-        dataset = load_source(source, data_root=(data.run.get("config") or {}).get("data_root"))
-        if isinstance(dataset, EmbeddingDataset):
-            feats = np.asarray(dataset.features, dtype=np.float32)
-            return feats[data.clusters >= 0] if len(feats) == len(data.clusters) else None
-        from ..estimator import ImageClusterer, resolve_device
+        manifest = json.loads((entry / "manifest.json").read_text(encoding="utf-8"))
+        feature_set = FeatureCache(entry.parent, manifest["identity"], manifest["items"]).load_complete()
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ImgclustError(f"the feature cache {entry} cannot be read ({err})", _RERUN) from err
+    if feature_set is None or feature_set.path != entry or not np.array_equal(feature_set.valid_indices, clustered):
+        raise ImgclustError(f"the feature cache {entry} no longer holds this run's features", _RERUN)
+    return np.asarray(feature_set.features)
 
-        clusterer = ImageClusterer.load(data.run_dir)
-        clusterer.progress = progress
-        clusterer.device_ = resolve_device(device)
-        # the dataset object just opened (same items, same fingerprint, so the feature cache is hit)
-        feats, valid, _ = clusterer.encode(dataset)
+
+def _embeddings(data: RunData) -> np.ndarray:
+    dataset = _open_source(data)
+    if not isinstance(dataset, EmbeddingDataset):
+        raise ImgclustError("run.json records no feature cache for this run", _RERUN)
+    features = np.asarray(dataset.features, dtype=np.float32)
+    if len(features) != len(data.clusters):
+        raise ImgclustError(f"the source {data.run.get('source')} changed since the run", _RERUN)
+    return features[data.clusters >= 0]
+
+
+def _map_features(data: RunData, features: Any, load_features: FeatureLoader | None) -> tuple[np.ndarray | None, str]:
+    """The features for the map (``features`` when usable, else ``load_features(data)``), or ``None`` and a note
+    saying why there is no map."""
+    usable = _usable_features(data, features)
+    if usable is not None or not (data.clusters >= 0).any():
+        return usable, ""
+    try:
+        usable = _usable_features(data, (load_features or cached_features)(data))
     except ImgclustError as err:
         _logger.warning("report: no 2-D map (%s)", err.message)
-        return None
-    if len(valid) != int((data.clusters >= 0).sum()):
-        _logger.warning("report: no 2-D map (the source changed since the run)")
-        return None
-    return np.asarray(feats)
+        return None, f"No 2-D map: {err.message}."
+    return usable, "" if usable is not None else "No 2-D map: the features of this run could not be read."
 
 
-# -- the page -------------------------------------------------------------------------------------------------
+# -- figures ----------------------------------------------------------------------------------------------------
 
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, default=str)
-    return "" if value is None else str(value)
-
-
-def _table(rows: list[tuple[Any, Any]], cls: str = "kv") -> str:
-    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(_fmt(v))}</td></tr>" for k, v in rows)
-    return f'<table class="{cls}">{body}</table>'
-
-
-def _resolution_profile_html(selection: dict[str, Any]) -> str:
-    """The levels of structure the modularity criterion sees (K per resolution γ), as a sentence and a table."""
-    from ..kselect import resolution_range_text, steps_in_view
-
-    steps = steps_in_view(selection.get("resolution_profile") or [])
-    if not steps:
-        return ""
-    resolution = (selection.get("settings") or {}).get("resolution")
-    rows = [(f"K = {step['k']}" + (" (chosen)" if step["k"] == selection["k"] else ""),
-             f"γ {resolution_range_text(step)}") for step in steps]
-    return (f"<p>The K that modularity chooses at each resolution γ (the estimate uses γ = {_e(resolution)}; a "
-            "lower γ prefers fewer, larger clusters). A K that holds over a wide range of γ is a stable level of "
-            "structure; the steps next to the chosen K are the natural alternatives when its clusters look "
-            "too coarse or too fine: re-run with -k.</p>" + _table(rows))
-
-
-def _name(item: str) -> str:
-    return os.path.basename(item) or item
-
-
-def _figure_html(uri: str, alt: str) -> str:
-    return f'<img class="fig" src="{uri}" alt="{_e(alt)}">'
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;background:#f6f7f9}
-header{background:#1f3a5f;color:#fff;padding:16px 28px}header h1{margin:0 0 4px;font-size:22px}
-header p{margin:2px 0;opacity:.9}nav{padding:8px 28px;background:#e8ecf1;position:sticky;top:0;z-index:2}
-nav a{margin-right:14px;color:#1f3a5f;text-decoration:none;font-weight:600}main{padding:8px 28px 40px}
-section{background:#fff;border-radius:8px;padding:14px 18px;margin:16px 0;box-shadow:0 1px 3px rgba(0,0,0,.08)}
-h2{margin:4px 0 10px;font-size:19px}h3{margin:6px 0;font-size:16px}h4{margin:10px 0 4px;font-size:13px;color:#555}
-.row{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}.fig{max-width:100%;height:auto;border:1px solid #eee}
-table{border-collapse:collapse;font-size:13px}th,td{padding:3px 10px;border-bottom:1px solid #eee;text-align:left;
-vertical-align:top}table.kv th{color:#555;font-weight:600}td{word-break:break-all}
-.gallery{display:flex;flex-wrap:wrap;gap:6px}.gallery figure{margin:0;width:100px;text-align:center}
-.gallery img{width:96px;height:96px;object-fit:contain;background:#111;border-radius:3px;display:block;margin:auto}
-.gallery figcaption{font-size:10px;color:#555;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
-.cluster{border-left:6px solid #999;padding-left:12px}.badge{display:inline-block;padding:1px 8px;border-radius:10px;
-background:#eef;margin-right:6px;font-size:12px}.muted{color:#777;font-size:12px}
-"""
-
-# Counts the <img> elements that decoded (naturalWidth > 0) and records it on <body> for tests and tools.
-_JS = """
-function imgclustCheck(){var imgs=document.images,ok=0;for(var i=0;i<imgs.length;i++){
-if(imgs[i].complete&&imgs[i].naturalWidth>0){ok++;}}
-document.body.setAttribute('data-images-loaded',ok+'/'+imgs.length);
-document.body.setAttribute('data-images-ok',ok===imgs.length?'true':'false');}
-window.addEventListener('load',imgclustCheck);
-"""
-
-_CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
-        "base-uri 'none'; form-action 'none'")
-
-
-def _gallery(rows: np.ndarray, data: RunData, thumbs: dict[int, str], show: Callable[[int], str]) -> str:
-    figs = []
-    for i in rows:
-        item = data.items[i]
-        uri = thumbs.get(int(i))
-        img = (f'<img src="{uri}" alt="{_e(_name(item))}" title="{_e(item)}">' if uri
-               else '<div class="muted" style="height:96px">(no image)</div>')
-        figs.append(f"<figure>{img}<figcaption title=\"{_e(item)}\">{_e(_name(item))}<br>{_e(show(int(i)))}"
-                    "</figcaption></figure>")
-    return f'<div class="gallery">{"".join(figs)}</div>'
-
-
-def build_report_html(data: RunData, figures: dict[str, bytes], thumbs: dict[int, str],
-                      per_cluster: dict[int, tuple[np.ndarray, np.ndarray]], map_note: str = "") -> str:
-    """The HTML text (pure function of its inputs; every string from the data is escaped)."""
-    run = data.run
-    config = run.get("config") or {}
-    valid = data.clusters >= 0
+def _make_figures(data: RunData, features: np.ndarray | None, map_method: str, seed: int, progress: bool
+                  ) -> dict[str, bytes]:
+    """PNG bytes of every figure the run has data for (``embedding_map`` only with ``features``)."""
     k = data.n_clusters
-    sizes = np.bincount(data.clusters[valid], minlength=k)
-    source = run.get("source", "")
-    method = config.get("method") or (data.model or {}).get("method", "")
-    backbone = config.get("backbone") or ((data.model or {}).get("backbone") or {}).get("name", "")
-    total = (run.get("timings_seconds") or {}).get("total")
-    from .plots import cluster_color_hex
-
-    colors = cluster_color_hex(max(k, 1))
-
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
-             '<meta name="viewport" content="width=device-width, initial-scale=1">',
-             f"<title>imgclust report: {_e(source)}</title><style>{_CSS}</style></head><body>"]
-    subtitle = (f"{int(valid.sum())} images → {k} clusters · method {method} · backbone {backbone}"
-                + (f" · {total:.1f} s" if isinstance(total, (int, float)) else ""))
-    parts.append(f"<header><h1>imgclust report</h1><p>{_e(source)}</p><p>{_e(subtitle)}</p>"
-                 f"<p class=\"muted\" style=\"color:#cfd8e3\">run folder: {_e(data.run_dir.resolve())}</p></header>")
-    nav = [("overview", "Overview")]
+    valid = data.clusters >= 0
+    figures: dict[str, bytes] = {}
+    if k:
+        sizes, confidence = _cluster_sizes(data)
+        figures["cluster_sizes"] = P.png_bytes(P.cluster_sizes_figure(sizes.tolist(), confidence,
+                                                                      data.cluster_names))
+    if features is not None:
+        if progress:
+            _logger.info("report: laying out the 2-D map of %d images", min(len(features), P.MAX_MAP_POINTS))
+        rows, xy, used = P.embedding_2d(np.asarray(features), method=map_method, seed=seed)
+        figures["embedding_map"] = P.png_bytes(P.embedding_map_figure(xy, data.clusters[valid][rows], k, used,
+                                                                      data.cluster_names))
     if data.k_selection:
-        nav.append(("k", "Choosing K"))
-    if data.metrics:
-        nav.append(("metrics", "Metrics"))
-    nav += [("clusters", "Clusters")]
-    if run.get("skipped"):
-        nav.append(("skipped", "Skipped files"))
-    nav.append(("config", "Configuration"))
-    parts.append("<nav>" + "".join(f'<a href="#{a}">{_e(t)}</a>' for a, t in nav) + "</nav><main>")
+        figures["k_selection"] = P.png_bytes(P.k_selection_figure(data.k_selection))
+    if data.metrics and data.metrics.get("confusion"):
+        figures["confusion"] = P.png_bytes(P.confusion_figure(
+            data.metrics["confusion"], data.metrics.get("class_names"),
+            data.metrics.get("confusion_clusters") or list(range(k))))
+    return figures
 
-    # overview
-    parts.append('<section id="overview"><h2>Overview</h2><div class="row">')
-    if "embedding_map" in figures:
-        parts.append(_figure_html(_png_uri(figures["embedding_map"]), "2-D map of the embeddings"))
-    elif map_note:
-        parts.append(f'<p class="muted">{_e(map_note)}</p>')
-    if "cluster_sizes" in figures:
-        parts.append(_figure_html(_png_uri(figures["cluster_sizes"]), "cluster sizes"))
-    parts.append("</div>")
-    overview = [("images clustered", int(valid.sum())), ("clusters", k),
-                ("skipped (unreadable)", int((~valid).sum())),
-                ("smallest / largest cluster", f"{sizes.min() if k else 0} / {sizes.max() if k else 0}"),
-                ("mean confidence", float(np.nanmean(data.confidence[valid])) if valid.any() else None)]
-    if data.k_selection:
-        overview.append(("K", f"estimated: {data.k_selection['k']} ({data.k_selection['criterion']})"))
-    parts.append(_table(overview) + "</section>")
 
-    if data.k_selection:
-        sel = data.k_selection
-        parts.append('<section id="k"><h2>Choosing K</h2>')
-        parts.append(f"<p>K = <b>{_e(sel['k'])}</b>, chosen by {_e(sel.get('description', sel['criterion']))}, "
-                     f"over K = {_e(sel['k_values'][0])}..{_e(sel['k_values'][-1])} on {_e(sel.get('n_samples'))} "
-                     "images. The full curve is in k_selection.json.</p>")
-        if "k_selection" in figures:
-            parts.append(_figure_html(_png_uri(figures["k_selection"]), "K selection curve"))
-        parts.append(_resolution_profile_html(sel))
-        parts.append("</section>")
+def _cluster_sizes(data: RunData) -> tuple[np.ndarray, list[float]]:
+    """Images per cluster and each cluster's mean confidence (NaN when empty)."""
+    valid = data.clusters >= 0
+    sizes = np.bincount(data.clusters[valid], minlength=data.n_clusters)
+    confidence = [float(np.nanmean(data.confidence[data.clusters == c])) if sizes[c] else float("nan")
+                  for c in range(data.n_clusters)]
+    return sizes, confidence
 
-    if data.metrics:
-        m = data.metrics
-        parts.append('<section id="metrics"><h2>Metrics</h2><p class="muted">Against the labels that came with '
-                     "the data (used only for scoring, never for clustering).</p><div class=\"row\">")
-        parts.append(_table([("ACC (Hungarian)", m.get("acc")), ("NMI", m.get("nmi")), ("ARI", m.get("ari")),
-                             ("AMI", m.get("ami")), ("ACC (majority per cluster)", m.get("acc_majority")),
-                             ("classes", m.get("n_classes")), ("labelled images", m.get("n_samples"))]))
-        if "confusion" in figures:
-            parts.append(_figure_html(_png_uri(figures["confusion"]), "confusion matrix"))
-        parts.append("</div></section>")
 
-    # clusters
-    parts.append('<section id="clusters"><h2>Clusters</h2><p class="muted">Per cluster: the images closest to '
-                 "its centre (most typical), then the least confident ones (closest to another cluster). "
-                 "Hover a thumbnail for its full path.</p>")
-    for c in range(k):
-        members = np.flatnonzero(data.clusters == c)
-        mean_conf = float(np.nanmean(data.confidence[members])) if members.size else float("nan")
-        badges = [f"{len(members)} images", f"mean confidence {mean_conf:.2f}" if members.size else "empty"]
-        if data.labels is not None and members.size:
-            names, counts = np.unique([data.labels[i] for i in members], return_counts=True)
-            top = int(counts.argmax())
-            badges.append(f"most common label: {names[top] or '?'} ({counts[top] / members.size:.0%})")
-        parts.append(f'<div class="cluster" id="cluster-{c}" style="border-color:{colors[c]}">'
-                     f"<h3>Cluster {c}</h3>" + "".join(f'<span class="badge">{_e(b)}</span>' for b in badges))
-        central, uncertain = per_cluster.get(c, (np.array([], int), np.array([], int)))
-        if central.size:
-            parts.append("<h4>most central</h4>" + _gallery(central, data, thumbs,
-                                                            lambda i: f"dist {data.distance[i]:.3f}"))
-        if uncertain.size:
-            parts.append("<h4>least confident</h4>" + _gallery(uncertain, data, thumbs,
-                                                               lambda i: f"conf {data.confidence[i]:.2f}"))
-        parts.append("</div>")
-    parts.append("</section>")
+def _usable_features(data: RunData, features: Any) -> np.ndarray | None:
+    """``features`` when they are the (N_clustered, D) rows the map needs, else ``None``."""
+    if features is None or np.ndim(features) != 2 or np.shape(features)[1] == 0:
+        return None  # e.g. a method trained on pixels: the map uses the backbone's features instead
+    return features if len(features) == int((data.clusters >= 0).sum()) else None
 
-    skipped = run.get("skipped") or []
-    if skipped:
-        rows = "".join(f"<tr><td>{_e(s.get('item', ''))}</td><td>{_e(s.get('reason', ''))}</td></tr>"
-                       for s in skipped[:500])
-        more = f"<p class=\"muted\">… and {len(skipped) - 500} more (run.json)</p>" if len(skipped) > 500 else ""
-        parts.append(f'<section id="skipped"><h2>Skipped files ({len(skipped)})</h2><table><tr><th>file</th>'
-                     f"<th>reason</th></tr>{rows}</table>{more}</section>")
 
-    parts.append('<section id="config"><h2>Configuration</h2><div class="row">')
-    parts.append("<div><h4>settings</h4>" + _table(sorted(config.items())) + "</div>")
-    timings = run.get("timings_seconds") or {}
-    if timings:
-        parts.append("<div><h4>time (s)</h4>" + _table(list(timings.items())) + "</div>")
-    extra = [("device", run.get("device")), ("feature cache", run.get("feature_cache"))]
-    versions = run.get("versions") or {}
-    parts.append("<div><h4>environment</h4>" + _table(extra + list(versions.items())) + "</div>")
-    parts.append("</div></section>")
-    parts.append(f'</main><footer class="muted" style="padding:0 28px 20px">written by imgclust on '
-                 f"{_e(time.strftime('%Y-%m-%d %H:%M'))}</footer><script>{_JS}</script></body></html>")
-    return "\n".join(parts)
-
+# -- which images are shown -------------------------------------------------------------------------------------
 
 def _pick_rows(data: RunData, n_central: int, n_uncertain: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per cluster: the ``n_central`` rows nearest its centre and the ``n_uncertain`` least confident others."""
     picked = {}
     for c in range(data.n_clusters):
         members = np.flatnonzero(data.clusters == c)
@@ -419,17 +375,296 @@ def _pick_rows(data: RunData, n_central: int, n_uncertain: int) -> dict[int, tup
     return picked
 
 
-def write_report(run_dir: str | os.PathLike, *, features: np.ndarray | None = None, dataset: Any = None,
-                 plots: bool = False, progress: bool = True, map_method: str = "auto", seed: int = 0,
-                 n_central: int = 10, n_uncertain: int = 10, device: str = "cpu") -> dict[str, Path]:
+def _gallery_sizes(k: int, n_central: int, n_uncertain: int) -> tuple[int, int]:
+    """Thumbnails per cluster, reduced for large K so that all galleries hold at most :data:`MAX_THUMBNAILS`."""
+    per = max(2, MAX_THUMBNAILS // max(k, 1))
+    if n_central + n_uncertain > per:
+        return max(1, per * 3 // 5), max(1, per * 2 // 5)
+    return n_central, n_uncertain
+
+
+def _shown_duplicates(data: RunData) -> list[dict[str, Any]]:
+    return list(data.duplicates or [])[:MAX_DUPLICATE_GROUPS]
+
+
+def _shown_outliers(data: RunData) -> list[dict[str, Any]]:
+    return list(data.outliers or [])[:MAX_OUTLIERS]
+
+
+def _rows_shown(data: RunData, picked: dict[int, tuple[np.ndarray, np.ndarray]]) -> set[int]:
+    rows = {int(i) for central, uncertain in picked.values() for i in (*central, *uncertain)}
+    rows |= {int(i) for group in _shown_duplicates(data) for i in group["items"][:MAX_GROUP_THUMBNAILS]}
+    rows |= {int(entry["row"]) for entry in _shown_outliers(data)}
+    return {i for i in rows if 0 <= i < len(data.items)}
+
+
+# -- the page ---------------------------------------------------------------------------------------------------
+
+def _html_value(value: Any) -> Markup:
+    """How templates print every value: escaped by the standard library's ``html.escape`` (quotes too), which
+    spells ``"`` and ``'`` as ``&quot;`` and ``&#x27;``; markup built by the templates passes through; ``None``
+    prints nothing."""
+    if isinstance(value, Markup):
+        return value
+    return Markup(html.escape("" if value is None else str(value), quote=True))
+
+
+def _fmt(value: Any, decimals: int | None = None) -> str:
+    """A value as table text: floats to 4 significant digits (or ``decimals`` places), lists and dicts as JSON."""
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4g}" if decimals is None else f"{value:.{decimals}f}"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, default=str)
+    return "" if value is None else str(value)
+
+
+def _basename(item: str) -> str:
+    return os.path.basename(item) or item
+
+
+def _path_breaks(path: str) -> Markup:
+    """The escaped path with a line-break opportunity after every separator, so a long path wraps between its
+    folders instead of inside a name."""
+    escaped = html.escape(str(path), quote=True)
+    return Markup(escaped.replace("/", "/<wbr>").replace("\\", "\\<wbr>"))
+
+
+_ENV = jinja2.Environment(loader=jinja2.PackageLoader("imgclust.report", "templates"), autoescape=True,
+                          finalize=_html_value, undefined=jinja2.StrictUndefined, trim_blocks=True,
+                          lstrip_blocks=True)
+_ENV.filters.update(fmt=_fmt, basename=_basename, path_breaks=_path_breaks)
+
+
+@dataclass
+class _Section:
+    anchor: str
+    title: str
+    template: str
+    data: dict[str, Any]
+
+
+class _Pictures:
+    """The page's thumbnails, each embedded once: the first ``<img>`` of a row carries its data URI and an id,
+    later ones name that id and the page's script copies the source (a row may be in a gallery and among the
+    outliers)."""
+
+    def __init__(self, thumbs: dict[int, str]):
+        self.thumbs = thumbs
+        self.placed: set[int] = set()
+
+    def __call__(self, row: int) -> dict[str, str | None] | None:
+        row = int(row)
+        uri = self.thumbs.get(row)
+        if uri is None:
+            return None
+        anchor = f"thumb-{row}"
+        if row in self.placed:
+            return {"src": _PLACEHOLDER, "id": None, "copy_of": anchor}
+        self.placed.add(row)
+        return {"src": uri, "id": anchor, "copy_of": None}
+
+
+def _names(data: RunData) -> list[str]:
+    names = list(data.cluster_names or [])
+    return [names[c] if c < len(names) and names[c] else "" for c in range(data.n_clusters)]
+
+
+def _header(data: RunData) -> dict[str, Any]:
+    config = data.run.get("config") or {}
+    method = config.get("method") or (data.model or {}).get("method", "")
+    backbone = config.get("backbone") or ((data.model or {}).get("backbone") or {}).get("name", "")
+    total = (data.run.get("timings_seconds") or {}).get("total")
+    subtitle = (f"{int((data.clusters >= 0).sum())} images → {data.n_clusters} clusters · method {method} · "
+                f"backbone {backbone}" + (f" · {total:.1f} s" if isinstance(total, (int, float)) else ""))
+    return {"source": data.run.get("source", ""), "subtitle": subtitle, "run_dir": data.run_dir.resolve()}
+
+
+def _summary(data: RunData) -> dict[str, Any]:
+    valid = data.clusters >= 0
+    sizes, _ = _cluster_sizes(data)
+    k = data.n_clusters
+    rows = [("images clustered", int(valid.sum())), ("clusters", k), ("skipped (unreadable)", int((~valid).sum())),
+            ("smallest / largest cluster", f"{sizes.min() if k else 0} / {sizes.max() if k else 0}"),
+            ("mean confidence", float(np.nanmean(data.confidence[valid])) if valid.any() else None)]
+    if data.k_selection:
+        rows.append(("K", f"estimated: {data.k_selection['k']} ({data.k_selection['criterion']})"))
+    if data.quality:
+        rows.append(("label-free quality (κ)", data.quality.get("kappa")))
+    if data.duplicates:
+        rows.append(("duplicate groups", len(data.duplicates)))
+    if data.outliers is not None:
+        rows.append(("outliers", len(data.outliers)))
+    return {"rows": rows, "quality": _quality_rows(data.quality), "candidates": _candidates_table(data.candidates)}
+
+
+def _quality_rows(quality: dict[str, Any] | None) -> list[tuple[str, Any]] | None:
+    """The details of the label-free score beside the summary (its κ is in the summary's table)."""
+    if not quality:
+        return None
+    rows: list[tuple[str, Any]] = []
+    per_space = quality.get("per_space")
+    spaces = per_space.items() if isinstance(per_space, dict) else enumerate(per_space or [])
+    if per_space is not None and len(per_space) > 1:
+        rows += [(f"κ in space {name}", value) for name, value in spaces]
+    rows += [(key, value) for key, value in quality.items() if key not in ("kappa", "per_space") and value is not None]
+    return rows
+
+
+def _candidates_table(candidates: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """The candidates as a table: the union of their keys (in order of appearance) as columns."""
+    if not candidates:
+        return None
+    columns = list(dict.fromkeys(key for candidate in candidates for key in candidate if key != "chosen"))
+    rows = [{"chosen": bool(candidate.get("chosen")), "cells": [candidate.get(column) for column in columns]}
+            for candidate in candidates]
+    return {"columns": columns, "rows": rows}
+
+
+def _map_section(figures: dict[str, bytes], map_note: str) -> dict[str, Any]:
+    if "embedding_map" in figures:
+        return {"uri": _png_uri(figures["embedding_map"]), "note": ""}
+    return {"uri": None, "note": map_note or "No 2-D map for this run."}
+
+
+def _sizes_section(data: RunData, figures: dict[str, bytes]) -> dict[str, Any]:
+    sizes, confidence = _cluster_sizes(data)
+    names = _names(data)
+    clusters = [{"index": c, "name": names[c], "size": int(sizes[c]), "confidence": confidence[c]}
+                for c in range(data.n_clusters)]
+    uri = _png_uri(figures["cluster_sizes"]) if "cluster_sizes" in figures else None
+    return {"uri": uri, "named": any(names), "clusters": clusters}
+
+
+def _k_selection_section(data: RunData, figures: dict[str, bytes]) -> dict[str, Any]:
+    selection = data.k_selection or {}
+    chosen = selection["k"]
+    profile = [(f"K = {step['k']}" + (" (chosen)" if step["k"] == chosen else ""), f"γ {resolution_range_text(step)}")
+               for step in steps_in_view(selection.get("resolution_profile") or [])]
+    return {"k": chosen, "description": selection.get("description", selection["criterion"]),
+            "k_first": selection["k_values"][0], "k_last": selection["k_values"][-1],
+            "n_samples": selection.get("n_samples"), "resolution": (selection.get("settings") or {}).get("resolution"),
+            "profile": profile, "uri": _png_uri(figures["k_selection"]) if "k_selection" in figures else None}
+
+
+def _metrics_section(data: RunData, figures: dict[str, bytes]) -> dict[str, Any]:
+    m = data.metrics or {}
+    rows = [("ACC (Hungarian)", m.get("acc")), ("NMI", m.get("nmi")), ("ARI", m.get("ari")), ("AMI", m.get("ami")),
+            ("ACC (majority per cluster)", m.get("acc_majority")), ("classes", m.get("n_classes")),
+            ("labelled images", m.get("n_samples"))]
+    return {"rows": rows, "uri": _png_uri(figures["confusion"]) if "confusion" in figures else None}
+
+
+def _cluster_badges(data: RunData, members: np.ndarray) -> list[str]:
+    if not members.size:
+        return ["0 images", "empty"]
+    badges = [f"{len(members)} images", f"mean confidence {float(np.nanmean(data.confidence[members])):.2f}"]
+    if data.labels is not None:
+        names, counts = np.unique([data.labels[i] for i in members], return_counts=True)
+        top = int(counts.argmax())
+        badges.append(f"most common label: {names[top] or '?'} ({counts[top] / members.size:.0%})")
+    return badges
+
+
+def _clusters_section(data: RunData, per_cluster: dict[int, tuple[np.ndarray, np.ndarray]], note: str
+                      ) -> dict[str, Any]:
+    colors = P.cluster_color_hex(max(data.n_clusters, 1))
+    names = _names(data)
+    clusters = []
+    for c in range(data.n_clusters):
+        central, uncertain = per_cluster.get(c, (np.array([], int), np.array([], int)))
+        clusters.append({"index": c, "name": names[c], "color": colors[c],
+                         "badges": _cluster_badges(data, np.flatnonzero(data.clusters == c)),
+                         "central": [(int(i), f"dist {data.distance[i]:.3f}") for i in central],
+                         "uncertain": [(int(i), f"conf {data.confidence[i]:.2f}") for i in uncertain]})
+    return {"clusters": clusters, "note": note}
+
+
+def _cluster_caption(data: RunData, row: int) -> str:
+    c = int(data.clusters[row])
+    if c < 0:
+        return "skipped"
+    names = _names(data)
+    return f"cluster {c}" + (f" · {names[c]}" if names[c] else "")
+
+
+def _duplicates_section(data: RunData) -> dict[str, Any]:
+    groups = []
+    for group in _shown_duplicates(data):
+        rows = [int(i) for i in group["items"] if 0 <= int(i) < len(data.items)]
+        kind = "exact" if group.get("kind") == "exact" else "near"
+        groups.append({"kind": kind, "size": len(rows), "similarity": group.get("similarity"),
+                       "shown": [(i, _cluster_caption(data, i)) for i in rows[:MAX_GROUP_THUMBNAILS]],
+                       "more": max(0, len(rows) - MAX_GROUP_THUMBNAILS)})
+    kinds = [group.get("kind") for group in data.duplicates or []]
+    return {"groups": groups, "exact": kinds.count("exact"), "near": len(kinds) - kinds.count("exact"),
+            "more": len(kinds) - len(groups)}
+
+
+def _outliers_section(data: RunData) -> dict[str, Any]:
+    shown = [(int(entry["row"]), f"score {float(entry['score']):.3g} · {_cluster_caption(data, int(entry['row']))}")
+             for entry in _shown_outliers(data) if 0 <= int(entry["row"]) < len(data.items)]
+    return {"shown": shown, "more": max(0, len(data.outliers or []) - len(_shown_outliers(data)))}
+
+
+def _skipped_section(skipped: list[dict[str, Any]]) -> dict[str, Any]:
+    rows = [{"item": entry.get("item", ""), "reason": entry.get("reason", "")} for entry in skipped[:MAX_SKIPPED_ROWS]]
+    return {"rows": rows, "more": max(0, len(skipped) - MAX_SKIPPED_ROWS)}
+
+
+def _config_section(run: dict[str, Any]) -> dict[str, Any]:
+    environment = [("device", run.get("device")), ("feature cache", run.get("feature_cache"))]
+    return {"settings": sorted((run.get("config") or {}).items()),
+            "timings": list((run.get("timings_seconds") or {}).items()),
+            "environment": environment + list((run.get("versions") or {}).items())}
+
+
+def _sections(data: RunData, figures: dict[str, bytes], per_cluster: dict[int, tuple[np.ndarray, np.ndarray]],
+              map_note: str, thumbnail_note: str) -> list[_Section]:
+    """The page's sections in order, each with the data its template shows; absent parts leave theirs out."""
+    skipped = data.run.get("skipped") or []
+    wanted = [
+        ("overview", "Overview", "summary", lambda: _summary(data), True),
+        ("map", "2-D map", "map", lambda: _map_section(figures, map_note), True),
+        ("sizes", "Cluster sizes", "sizes", lambda: _sizes_section(data, figures), data.n_clusters > 0),
+        ("k", "Choosing K", "k_selection", lambda: _k_selection_section(data, figures), bool(data.k_selection)),
+        ("metrics", "Metrics", "metrics", lambda: _metrics_section(data, figures), bool(data.metrics)),
+        ("clusters", "Clusters", "clusters", lambda: _clusters_section(data, per_cluster, thumbnail_note), True),
+        ("duplicates", "Duplicates", "duplicates", lambda: _duplicates_section(data), bool(data.duplicates)),
+        ("outliers", "Outliers", "outliers", lambda: _outliers_section(data), bool(data.outliers)),
+        ("skipped", f"Skipped files ({len(skipped)})", "skipped", lambda: _skipped_section(skipped), bool(skipped)),
+        ("config", "Configuration", "config", lambda: _config_section(data.run), True),
+    ]
+    return [_Section(anchor, title, f"{template}.html.j2", build()) for anchor, title, template, build, shown in wanted
+            if shown]
+
+
+def build_report_html(data: RunData, figures: dict[str, bytes], thumbs: dict[int, str],
+                      per_cluster: dict[int, tuple[np.ndarray, np.ndarray]], map_note: str = "",
+                      thumbnail_note: str = "") -> str:
+    """The HTML text (a pure function of its inputs; every string from the data is escaped by the templates)."""
+    return _ENV.get_template("page.html.j2").render(
+        csp=Markup(_CSP), header=_header(data), written=time.strftime("%Y-%m-%d %H:%M"), items=data.items,
+        pictures=_Pictures(thumbs), sections=_sections(data, figures, per_cluster, map_note, thumbnail_note))
+
+
+# -- writing ----------------------------------------------------------------------------------------------------
+
+def write_report(run_dir: str | os.PathLike, *, data: RunData | None = None, features: np.ndarray | None = None,
+                 dataset: Any = None, load_features: FeatureLoader | None = None, plots: bool = False,
+                 progress: bool = True, map_method: str = "auto", seed: int = 0, n_central: int = 10,
+                 n_uncertain: int = 10) -> dict[str, Path]:
     """Write ``report.html`` (and, with ``plots``, the figures as PNG files in ``plots/``) into ``run_dir``.
 
     Args:
-        run_dir: a folder written by ``imgclust cluster`` (assignments.csv and run.json at least).
+        run_dir: the run folder.
+        data: the run as the caller holds it in memory; ``None``: read back from ``run_dir`` (:func:`load_run`).
         features: (N_clustered, D) features of the rows with cluster ≥ 0, in order, for the 2-D map;
-            ``None``: read from the feature cache (re-extracted if the cache is gone).
+            ``None`` (or features of another shape, e.g. pixels): ``load_features(data)``.
         dataset: the run's dataset, to draw thumbnails of non-file items (arrays, built-in sets);
             ``None``: files are opened by path, anything else through the run's source.
+        load_features: how to get the map's features when ``features`` are not usable (default
+            :func:`cached_features`: the feature cache, never a backbone); ``None`` or an ImgclustError leaves
+            the map out with a note.
         plots: also write ``plots/*.png``.
         progress: progress bar while making thumbnails.
         map_method: ``"auto"`` (t-SNE), ``"tsne"``, ``"umap"`` or ``"pca"``.
@@ -438,66 +673,18 @@ def write_report(run_dir: str | os.PathLike, *, features: np.ndarray | None = No
     Returns:
         ``{"report": path, "plots/<name>": path, ...}``.
     """
-    from . import plots as P
+    data = load_run(run_dir) if data is None else data
+    features, map_note = _map_features(data, features, load_features)
+    figures = _make_figures(data, features, map_method, seed, progress)
+    picked = _pick_rows(data, *_gallery_sizes(data.n_clusters, n_central, n_uncertain))
+    thumbs, thumbnail_note = _make_thumbnails(data, _rows_shown(data, picked), dataset, progress)
 
-    data = load_run(run_dir)
-    k = data.n_clusters
-    valid = data.clusters >= 0
-    sizes = np.bincount(data.clusters[valid], minlength=k)
-    mean_conf = [float(np.nanmean(data.confidence[data.clusters == c])) if sizes[c] else float("nan")
-                 for c in range(k)]
-    per = max(2, MAX_THUMBNAILS // max(k, 1))
-    if n_central + n_uncertain > per:
-        n_central, n_uncertain = max(1, per * 3 // 5), max(1, per * 2 // 5)
-    picked = _pick_rows(data, n_central, n_uncertain)
-
-    figures: dict[str, bytes] = {}
-    if k:
-        figures["cluster_sizes"] = P.png_bytes(P.cluster_sizes_figure(sizes.tolist(), mean_conf))
-    map_note = ""
-    if features is not None and (np.ndim(features) != 2 or np.shape(features)[1] == 0):
-        features = None  # e.g. a method trained on pixels: the map uses the backbone's features instead
-    if features is None and valid.any():
-        features = features_for_run(data, device=device, progress=progress)
-    if features is not None and len(features) == int(valid.sum()) and valid.any():
-        if progress:
-            _logger.info("report: laying out the 2-D map of %d images", min(len(features), P.MAX_MAP_POINTS))
-        rows, xy, used = P.embedding_2d(np.asarray(features), method=map_method, seed=seed)
-        figures["embedding_map"] = P.png_bytes(P.embedding_map_figure(xy, data.clusters[valid][rows], k, used))
-    else:
-        map_note = "No 2-D map: the features of this run could not be read back (see the log)."
-    if data.k_selection:
-        figures["k_selection"] = P.png_bytes(P.k_selection_figure(data.k_selection))
-    if data.metrics and data.metrics.get("confusion"):
-        figures["confusion"] = P.png_bytes(P.confusion_figure(
-            data.metrics["confusion"], data.metrics.get("class_names"),
-            data.metrics.get("confusion_clusters") or list(range(k))))
-
-    opener = _ImageOpener(data, dataset)
-    wanted = sorted({int(i) for a, b in picked.values() for i in (*a, *b)})
-    iterator: Any = wanted
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(wanted, desc="report thumbnails", unit="img", leave=False)
-    thumbs: dict[int, str] = {}
-    for i in iterator:
-        image = opener(data.items[i])
-        if image is not None:
-            try:
-                thumbs[i] = thumbnail_data_uri(image)
-            except Exception as err:  # never let one odd image stop the report
-                _logger.debug("report: thumbnail of %s failed: %s", data.items[i], err)
-
-    from .._io import write_text
-
-    paths = {"report": data.run_dir / REPORT_NAME}
-    write_text(paths["report"], build_report_html(data, figures, thumbs, picked, map_note))
+    out = Path(run_dir)
+    paths = {"report": out / REPORT_NAME}
+    write_text(paths["report"], build_report_html(data, figures, thumbs, picked, map_note, thumbnail_note))
     if plots:
-        from .._io import atomic_path
-
         for name, png in figures.items():
-            path = data.run_dir / PLOTS_DIR / f"{name}.png"
+            path = out / PLOTS_DIR / f"{name}.png"
             with atomic_path(path) as tmp:
                 tmp.write_bytes(png)
             paths[f"plots/{name}"] = path

@@ -1,7 +1,8 @@
 """Figures of a run (matplotlib, drawn off-screen with the Agg canvas: no display, no global pyplot state),
 and the 2-D map of the embeddings they show.
 
-Every ``*_figure`` function returns a ``matplotlib.figure.Figure``; :func:`png_bytes` / :func:`save_png` render it.
+Every ``*_figure`` function takes plain data (arrays, lists, the k-selection dict of ``KSelection.to_dict()``) and
+returns a ``matplotlib.figure.Figure``; :func:`png_bytes` / :func:`save_png` render it.
 """
 
 from __future__ import annotations
@@ -9,11 +10,18 @@ from __future__ import annotations
 import io
 import logging
 import os
-import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
+from threadpoolctl import threadpool_limits
+
+from .._io import atomic_path
+from ..kselect import PROFILE_VIEW, steps_in_view
+from ..neighbors import normalize_features
 
 _logger = logging.getLogger(__name__)
 
@@ -39,8 +47,6 @@ def png_bytes(fig: Any, dpi: int = 100) -> bytes:
 
 
 def save_png(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
-    from .._io import atomic_path
-
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_bytes(png_bytes(fig, dpi))
@@ -74,23 +80,15 @@ def embedding_2d(features: np.ndarray, method: str = "auto", max_points: int = M
     or UMAP (``"umap"``, umap-learn, cosine). ``"auto"`` = t-SNE (no extra dependency, no JIT warm-up).
     At most ``max_points`` rows (a fixed random subsample) are placed.
     """
-    from ..kselect import single_threaded
-
     if method not in MAP_METHODS:
         raise ValueError(f"unknown map method {method!r}; choose one of {MAP_METHODS}")
     # One thread: t-SNE's Barnes-Hut loop is 1,000 short OpenMP sections, which on a busy CPU spend far more
     # time waiting for each other than computing (measured: 23 s → well under 1 s for a few hundred points).
-    with single_threaded():
+    with threadpool_limits(limits=1):
         return _embedding_2d(features, method, max_points, seed)
 
 
 def _embedding_2d(features: np.ndarray, method: str, max_points: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
-    from sklearn.decomposition import PCA
-
-    from ..neighbors import normalize_features
-
-    if method not in MAP_METHODS:
-        raise ValueError(f"unknown map method {method!r}; choose one of {MAP_METHODS}")
     x = normalize_features(features)
     n = x.shape[0]
     rows = np.arange(n)
@@ -110,8 +108,6 @@ def _embedding_2d(features: np.ndarray, method: str, max_points: int, seed: int)
         xy = umap.UMAP(n_components=2, metric="cosine", random_state=seed, n_neighbors=min(15, n - 1), n_jobs=1
                        ).fit_transform(reduced)
         return rows, np.asarray(xy, dtype=np.float32), "umap"
-    from sklearn.manifold import TSNE
-
     xy = TSNE(n_components=2, perplexity=float(min(30, (n - 1) / 3)), init="pca", random_state=seed,
               learning_rate="auto").fit_transform(reduced)
     return rows, xy.astype(np.float32), "tsne"
@@ -119,9 +115,21 @@ def _embedding_2d(features: np.ndarray, method: str, max_points: int, seed: int)
 
 # -- figures ----------------------------------------------------------------------------------------------
 
-def embedding_map_figure(xy: np.ndarray, clusters: np.ndarray, n_clusters: int, method: str = "") -> Any:
-    """Scatter of the 2-D map coloured by cluster, each cluster's number written at its median point."""
-    fig = _new_figure(6.0, 5.2)
+def cluster_labels(n_clusters: int, names: Sequence[str] | None = None) -> list[str]:
+    """``"3"``, or ``"3 tabby cat"`` when the clusters have names."""
+    if not names:
+        return [str(c) for c in range(n_clusters)]
+    return [f"{c} {names[c]}" if c < len(names) and names[c] else str(c) for c in range(n_clusters)]
+
+
+def embedding_map_figure(xy: np.ndarray, clusters: np.ndarray, n_clusters: int, method: str = "",
+                         names: Sequence[str] | None = None) -> Any:
+    """Scatter of the 2-D map coloured by cluster, each cluster's number written at its median point, and a
+    legend of the cluster names when there are names."""
+    from matplotlib.lines import Line2D
+
+    legend_columns = 0 if not names else 1 if n_clusters <= 16 else 2 if n_clusters <= 40 else 0
+    fig = _new_figure(6.0 + 2.2 * legend_columns, 5.2)
     ax = fig.add_subplot()
     colors = cluster_colors(n_clusters)
     size = float(np.clip(3000 / max(len(xy), 1), 2, 30))
@@ -136,17 +144,28 @@ def embedding_map_figure(xy: np.ndarray, clusters: np.ndarray, n_clusters: int, 
     ax.set_yticks([])
     shown = {"tsne": "t-SNE", "umap": "UMAP", "pca": "PCA"}.get(method, method or "none")
     ax.set_title(f"{len(xy)} images: 2-D map ({shown} of the features), coloured by cluster", fontsize=10)
+    if legend_columns:
+        handles = [Line2D([], [], marker="o", linestyle="", color=colors[c], label=label[:28])
+                   for c, label in enumerate(cluster_labels(n_clusters, names))]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, ncol=legend_columns,
+                  frameon=False, handletextpad=0.2, borderaxespad=0)
     return fig
 
 
-def cluster_sizes_figure(sizes: Sequence[int], mean_confidence: Sequence[float] | None = None) -> Any:
-    """Bars of the cluster sizes (confidence written on each bar when given)."""
+def cluster_sizes_figure(sizes: Sequence[int], mean_confidence: Sequence[float] | None = None,
+                         names: Sequence[str] | None = None) -> Any:
+    """Bars of the cluster sizes (confidence written on each bar when given; names under the bars, turned,
+    when the clusters have names)."""
     k = len(sizes)
-    fig = _new_figure(max(4.5, min(14.0, 0.45 * k + 2)), 3.6)
+    fig = _new_figure(max(4.5, min(14.0, 0.45 * k + 2)), 4.8 if names else 3.6)
     ax = fig.add_subplot()
     bars = ax.bar(np.arange(k), sizes, color=cluster_colors(k))
     ax.set_xticks(np.arange(k))
-    ax.set_xticklabels([str(i) for i in range(k)], fontsize=8 if k > 20 else 10)
+    if names:
+        ax.set_xticklabels([label[:24] for label in cluster_labels(k, names)], fontsize=7 if k > 20 else 8,
+                           rotation=60, ha="right", rotation_mode="anchor")
+    else:
+        ax.set_xticklabels([str(i) for i in range(k)], fontsize=8 if k > 20 else 10)
     ax.set_xlabel("cluster")
     ax.set_ylabel("images")
     ax.set_title("cluster sizes" + (" (mean confidence on top)" if mean_confidence is not None else ""))
@@ -188,8 +207,6 @@ def _resolution_profile_panel(profile_ax: Any, steps: list[dict[str, Any]], sele
     """K chosen by modularity over the resolution γ, as stairs on a log axis, the estimate's γ marked."""
     from matplotlib.ticker import MaxNLocator, NullFormatter
 
-    from ..kselect import PROFILE_VIEW
-
     low, high = PROFILE_VIEW
     edges = [max(step["resolution_from"], low) for step in steps] + [
         min(steps[-1]["resolution_to"] or high, high)]
@@ -219,8 +236,6 @@ def k_selection_figure(selection: dict[str, Any]) -> Any:
     beside it, when the selection has one, the K that modularity chooses at each resolution γ."""
     from matplotlib.ticker import MaxNLocator
 
-    from ..kselect import steps_in_view
-
     ks = np.asarray(selection["k_values"])
     scores = np.asarray([np.nan if s is None else s for s in selection["scores"]], dtype=float)
     steps = steps_in_view(selection.get("resolution_profile") or [])
@@ -238,8 +253,3 @@ def k_selection_figure(selection: dict[str, Any]) -> Any:
     if steps:
         _resolution_profile_panel(fig.add_subplot(1, 2, 2), steps, selection)
     return fig
-
-
-def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
-    started = time.perf_counter()
-    return fn(*args, **kwargs), time.perf_counter() - started

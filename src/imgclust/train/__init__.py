@@ -1,12 +1,14 @@
 """The training stage: one generic loop (:func:`fit`) for every trainable clustering method.
 
 A method implements :class:`TrainableMethod` (subclass :class:`MethodBase` for the optional hooks); the
-samples come as :class:`TrainInputs` (cached views, or images augmented per step). See
+samples come as :class:`TrainInputs` (cached views, or images augmented per step), which
+:func:`prepare_inputs` (:mod:`imgclust.train.inputs`) wraps around the arrays a feature source computes. See
 :mod:`imgclust.train.protocol` for the protocol and :mod:`imgclust.train.loop` for what the loop guarantees
 (device-agnostic, AMP on CUDA, seeded, exact resume, one JSON line per epoch, label-free selection).
 """
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .inputs import check_view_count, prepare_inputs
 from .loop import TrainConfig, TrainContext, TrainResult, fit
 from .protocol import (
     Batch,
@@ -18,7 +20,6 @@ from .protocol import (
     TrainableMethod,
     TrainInputs,
     draw_for_rows,
-    prepare_inputs,
     split_decay,
     unwrap,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "unwrap",
     "split_decay",
     "prepare_inputs",
+    "check_view_count",
     "save_checkpoint",
     "load_checkpoint",
 ]

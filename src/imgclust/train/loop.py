@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import math
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,11 +35,13 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 import torch.nn as nn
+from tqdm.auto import tqdm
 
 from .. import distributed as dist
 from .._io import write_text
 from ..augment import make_generator
 from ..errors import ImgclustError
+from ..metrics import evaluate
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from .protocol import Batch, EpochBatchSampler, TrainableMethod, TrainInputs, unwrap
 
@@ -159,6 +162,11 @@ class TrainResult:
     best_score: float = math.inf
     resumed_from: int = 0
 
+    def summary(self) -> dict[str, Any]:
+        """What a method's fit reports about its training (epochs, selection, resume, the per-epoch log)."""
+        return {"epochs": self.epochs_done, "best_epoch": self.best_epoch, "best_score": self.best_score,
+                "resumed_from": self.resumed_from, "history": self.history}
+
 
 class TrainContext:
     """The loop's services for a method (see :class:`~imgclust.train.protocol.TrainContextProtocol`)."""
@@ -269,8 +277,6 @@ def _make_optimizer(groups: list[dict[str, Any]], config: TrainConfig) -> torch.
 
 
 def _seed_everything(seed: int) -> None:
-    import random
-
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -290,8 +296,6 @@ def _jsonable(value: Any) -> Any:
 def _label_metrics(labels: np.ndarray | None, predicted: np.ndarray) -> dict[str, float]:
     if labels is None or not (labels >= 0).any():
         return {}
-    from ..metrics import evaluate
-
     result = evaluate(labels, predicted)
     return {k: float(result[k]) for k in ("acc", "nmi", "ari") if k in result}
 
@@ -335,170 +339,239 @@ def fit(method: TrainableMethod, inputs: TrainInputs, config: TrainConfig | None
         ImgclustError: invalid settings, a checkpoint of another run, or a non-finite loss.
     """
     config = config or TrainConfig()
-    device = torch.device(device)
     run_dir = Path(run_dir) if run_dir is not None else None
     if resume and run_dir is None:
         raise ImgclustError("resume=True needs a run folder", "pass run_dir (--run-dir) of the run to continue")
-    main = dist.is_main_process()
-    ckpt_dir = run_dir / "checkpoints" if run_dir is not None else None
-    last_path = ckpt_dir / "last.pt" if ckpt_dir is not None else None
-    best_path = ckpt_dir / "best.pt" if ckpt_dir is not None else None
-    log_path = run_dir / "train_log.jsonl" if run_dir is not None else None
+    run = _build(method, inputs, config, torch.device(device), _RunFiles.of(run_dir))
+    if resume:
+        _resume(run)
+    run.files.write_log(run.history)  # drops lines of an epoch whose checkpoint was never written
+    _wrap_distributed(run)
+    for epoch in range(run.start_epoch, config.epochs):
+        started = time.perf_counter()
+        record = _run_epoch(run, epoch)
+        record.update(_evaluate(run, epoch))
+        record.update(run.ctx._take_logged())
+        record["time_s"] = round(time.perf_counter() - started, 3)
+        run.history.append({k: _jsonable(v) for k, v in record.items()})
+        _logger.info("%s epoch %d: %s", method.name, epoch, json.dumps(run.history[-1]))
+        _checkpoint(run, epoch)
+        dist.barrier()
+    return _finish(run)
 
+
+@dataclass
+class _RunFiles:
+    """Where a run writes (every path ``None`` without a run folder); only the main process writes."""
+
+    run_dir: Path | None
+    last: Path | None
+    best: Path | None
+    log: Path | None
+
+    @classmethod
+    def of(cls, run_dir: Path | None) -> "_RunFiles":
+        if run_dir is None:
+            return cls(None, None, None, None)
+        return cls(run_dir, run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt",
+                   run_dir / "train_log.jsonl")
+
+    def write_log(self, history: list[dict[str, Any]]) -> None:
+        if dist.is_main_process() and self.log is not None:
+            write_text(self.log, "".join(json.dumps(r) + "\n" for r in history))
+
+
+@dataclass
+class _Run:
+    """One call of :func:`fit`: what it built, and how far it got."""
+
+    method: TrainableMethod
+    inputs: TrainInputs
+    config: TrainConfig
+    device: torch.device
+    files: _RunFiles
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: Any
+    sampler: EpochBatchSampler
+    ctx: TrainContext
+    train_model: nn.Module | None = None  # the model as trained (DistributedDataParallel under torchrun)
+    start_epoch: int = 0
+    global_step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"score": math.inf, "epoch": -1})
+    best_state: dict[str, torch.Tensor] | None = None  # the best weights, kept in memory without a run folder
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+
+def _build(method: TrainableMethod, inputs: TrainInputs, config: TrainConfig, device: torch.device,
+           files: _RunFiles) -> _Run:
+    """Seed, then build the model, optimiser, per-step schedule, batch sampler, context and grad scaler."""
     _seed_everything(int(config.seed))
-    spec = inputs.spec()
-    model = method.build_model(spec).to(device)
-    groups = method.param_groups(model, config)
-    optimizer = _make_optimizer(groups, config)
+    model = method.build_model(inputs.spec()).to(device)
+    optimizer = _make_optimizer(method.param_groups(model, config), config)
     sampler = EpochBatchSampler(len(inputs), config.batch_size, config.seed, config.drop_last,
                                 dist.rank(), dist.world_size())
-    steps_per_epoch = len(sampler)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, [_lr_lambda(config, steps_per_epoch, bool(g.get("fixed_lr"))) for g in optimizer.param_groups])
-    ctx = TrainContext(inputs, config, device, run_dir)
-    ctx.steps_per_epoch = steps_per_epoch
+        optimizer, [_lr_lambda(config, len(sampler), bool(g.get("fixed_lr"))) for g in optimizer.param_groups])
+    ctx = TrainContext(inputs, config, device, files.run_dir)
+    ctx.steps_per_epoch = len(sampler)
     scaler = torch.amp.GradScaler("cuda") if ctx.amp_dtype == torch.float16 else None
+    return _Run(method, inputs, config, device, files, model, optimizer, scheduler, scaler, sampler, ctx)
 
-    start_epoch, global_step = 0, 0
-    history: list[dict[str, Any]] = []
-    best = {"score": math.inf, "epoch": -1}
-    best_state: dict[str, torch.Tensor] | None = None
-    if resume and last_path is not None and last_path.exists():
-        saved = load_checkpoint(last_path)
-        _check_resumable(saved, config, method, last_path)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        if scaler is not None and saved.get("scaler"):
-            scaler.load_state_dict(saved["scaler"])
-        method.load_state_dict(saved["method_state"])
-        set_rng_state(saved["rng"])
-        start_epoch, global_step = int(saved["epochs_done"]), int(saved["global_step"])
-        history = list(saved.get("history", []))
-        best = dict(saved.get("best", best))
-        _logger.info("resuming %s from %s after epoch %d", method.name, last_path, start_epoch)
-    elif resume:
-        _logger.info("no checkpoint in %s: starting a fresh run", run_dir)
-    resumed_from = start_epoch
-    if main and log_path is not None:
-        _write_log(log_path, history)  # drops lines of an epoch whose checkpoint was never written
 
-    train_model: nn.Module = model
+def _resume(run: _Run) -> None:
+    """Restore everything from ``last.pt`` when it exists (checked to belong to this run's settings)."""
+    path = run.files.last
+    if path is None or not path.exists():
+        _logger.info("no checkpoint in %s: starting a fresh run", run.files.run_dir)
+        return
+    saved = load_checkpoint(path)
+    _check_resumable(saved, run.config, run.method, path)
+    run.model.load_state_dict(saved["model"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scheduler.load_state_dict(saved["scheduler"])
+    if run.scaler is not None and saved.get("scaler"):
+        run.scaler.load_state_dict(saved["scaler"])
+    run.method.load_state_dict(saved["method_state"])
+    set_rng_state(saved["rng"])
+    run.start_epoch, run.global_step = int(saved["epochs_done"]), int(saved["global_step"])
+    run.history = list(saved.get("history", []))
+    run.best = dict(saved.get("best", run.best))
+    _logger.info("resuming %s from %s after epoch %d", run.method.name, path, run.start_epoch)
+
+
+def _wrap_distributed(run: _Run) -> None:
+    """The model to train: under torchrun, with synchronised batch norms inside DistributedDataParallel."""
+    run.train_model = run.model
     if dist.is_distributed():
-        model = dist.convert_sync_batchnorm(model, device)
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
+        run.model = dist.convert_sync_batchnorm(run.model, run.device)
+        run.train_model = nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
 
-    for epoch in range(start_epoch, config.epochs):
-        started = time.perf_counter()
-        ctx.epoch = epoch
-        ctx.global_step = global_step
-        model.eval()
-        method.on_epoch_start(train_model, epoch, ctx)
-        train_model.train()
-        sums: dict[str, torch.Tensor] = {}
-        batches = sampler.batches_with_parts(epoch)
-        for step, (idx, part) in enumerate(_progress(batches, config.progress and main, f"epoch {epoch}")):
-            generator = make_generator(config.seed, epoch, step)
-            views = inputs.load_views(idx, method.n_views, generator, device, part)
-            batch = Batch(indices=torch.as_tensor(idx, device=device), views=views, epoch=epoch, step=step,
-                          global_step=global_step, generator=generator, part=part)
-            ctx.global_step = global_step
-            with ctx.autocast():
-                out = method.training_step(train_model, batch, ctx)
-            if "loss" not in out:
-                raise ValueError(f"{type(method).__name__}.training_step must return a dict with 'loss'")
-            loss = out["loss"]
-            if not bool(torch.isfinite(loss.detach())):
-                raise ImgclustError(
-                    f"training diverged: the loss became {float(loss.detach())} in epoch {epoch}, step {step}",
-                    "lower the learning rate (--lr), or enable gradient clipping (grad_clip)")
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                if config.grad_clip is not None:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                if config.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                optimizer.step()
-            scheduler.step()
-            global_step += 1
-            ctx.global_step = global_step
-            ctx.model_version += 1
-            method.on_step_end(train_model, batch, ctx)
-            for key, value in _scalar_dict(out).items():
-                sums[key] = sums.get(key, torch.zeros((), device=value.device)) + value
-        model.eval()
-        extra = method.on_epoch_end(train_model, epoch, ctx) or {}
-        record: dict[str, Any] = {"epoch": epoch, "global_step": global_step}
-        if dist.is_distributed() and sums:  # log the mean over all processes, not rank 0's share
-            keys = sorted(sums)
-            total = dist.all_reduce_sum(torch.stack([sums[k] for k in keys])) / dist.world_size()
-            sums = dict(zip(keys, total.unbind(0)))
-        record.update({k: float(v) / max(1, len(batches)) for k, v in sums.items()})
-        record["lr"] = float(optimizer.param_groups[0]["lr"])
-        record.update({k: float(v) for k, v in extra.items()})
-        last_epoch = epoch == config.epochs - 1
-        if (epoch + 1) % config.eval_every == 0 or last_epoch:
-            score = float(method.selection_score(model, inputs, ctx))
-            predicted, _ = method.predict(model, inputs, ctx)
-            predicted = np.asarray(predicted)
-            record["selection_score"] = score
-            record.update(_cluster_summary(predicted))
-            if config.log_metrics:
-                record.update(_label_metrics(inputs.labels, predicted))
-            if score < best["score"]:
-                best = {"score": score, "epoch": epoch}
-                if main and best_path is not None:
-                    save_checkpoint(best_path, {"method": method.name, "epoch": epoch, "score": score,
-                                                "model": model.state_dict()})
-                elif best_path is None:
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        record.update(ctx._take_logged())
-        record["time_s"] = round(time.perf_counter() - started, 3)
-        record = {k: _jsonable(v) for k, v in record.items()}
-        history.append(record)
-        _logger.info("%s epoch %d: %s", method.name, epoch, json.dumps(record))
-        if main and log_path is not None:
-            _write_log(log_path, history)
-        if main and last_path is not None:
-            save_checkpoint(last_path, {
-                "method": method.name, "epochs_done": epoch + 1, "global_step": global_step,
-                "config": config.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
-                "method_state": method.state_dict(), "rng": get_rng_state(), "best": best, "history": history,
-            })
-        dist.barrier()
 
-    if config.select == "best" and best["epoch"] >= 0:
-        if best_path is not None and best_path.exists():
-            model.load_state_dict(load_checkpoint(best_path)["model"])
-        elif best_state is not None:
-            model.load_state_dict(best_state)
-        ctx.model_version += 1
+def _run_epoch(run: _Run, epoch: int) -> dict[str, Any]:
+    """The method's epoch-start hook, every step, the epoch-end hook; the epoch's mean losses and lr."""
+    method, ctx, config = run.method, run.ctx, run.config
+    assert run.train_model is not None
+    ctx.epoch = epoch
+    ctx.global_step = run.global_step
+    run.model.eval()
+    method.on_epoch_start(run.train_model, epoch, ctx)
+    run.train_model.train()
+    sums: dict[str, torch.Tensor] = {}
+    batches = run.sampler.batches_with_parts(epoch)
+    show = config.progress and dist.is_main_process()
+    for step, (idx, part) in enumerate(_progress(batches, show, f"epoch {epoch}")):
+        generator = make_generator(config.seed, epoch, step)
+        views = run.inputs.load_views(idx, method.n_views, generator, run.device, part)
+        batch = Batch(indices=torch.as_tensor(idx, device=run.device), views=views, epoch=epoch, step=step,
+                      global_step=run.global_step, generator=generator, part=part)
+        for key, value in _train_step(run, batch).items():
+            sums[key] = sums.get(key, torch.zeros((), device=value.device)) + value
+    run.model.eval()
+    extra = method.on_epoch_end(run.train_model, epoch, ctx) or {}
+    record: dict[str, Any] = {"epoch": epoch, "global_step": run.global_step}
+    if dist.is_distributed() and sums:  # log the mean over all processes, not rank 0's share
+        keys = sorted(sums)
+        total = dist.all_reduce_sum(torch.stack([sums[k] for k in keys])) / dist.world_size()
+        sums = dict(zip(keys, total.unbind(0)))
+    record.update({k: float(v) / max(1, len(batches)) for k, v in sums.items()})
+    record["lr"] = float(run.optimizer.param_groups[0]["lr"])
+    record.update({k: float(v) for k, v in extra.items()})
+    return record
+
+
+def _train_step(run: _Run, batch: Batch) -> dict[str, torch.Tensor]:
+    """One optimiser step on ``batch``; the scalars the method returned (detached)."""
+    ctx, config, optimizer = run.ctx, run.config, run.optimizer
+    ctx.global_step = run.global_step
+    with ctx.autocast():
+        out = run.method.training_step(run.train_model, batch, ctx)
+    if "loss" not in out:
+        raise ValueError(f"{type(run.method).__name__}.training_step must return a dict with 'loss'")
+    loss = out["loss"]
+    if not bool(torch.isfinite(loss.detach())):
+        raise ImgclustError(
+            f"training diverged: the loss became {float(loss.detach())} in epoch {batch.epoch}, step {batch.step}",
+            "lower the learning rate (--lr), or enable gradient clipping (grad_clip)")
+    optimizer.zero_grad(set_to_none=True)
+    scaler = run.scaler
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    if config.grad_clip is not None:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(run.params, config.grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    run.scheduler.step()
+    run.global_step += 1
+    ctx.global_step = run.global_step
+    ctx.model_version += 1
+    run.method.on_step_end(run.train_model, batch, ctx)
+    return _scalar_dict(out)
+
+
+def _evaluate(run: _Run, epoch: int) -> dict[str, Any]:
+    """Every ``eval_every`` epochs and at the last: selection score, cluster sizes, metrics; keep the best."""
+    config = run.config
+    if (epoch + 1) % config.eval_every != 0 and epoch != config.epochs - 1:
+        return {}
+    score = float(run.method.selection_score(run.model, run.inputs, run.ctx))
+    predicted = np.asarray(run.method.predict(run.model, run.inputs, run.ctx)[0])
+    record: dict[str, Any] = {"selection_score": score, **_cluster_summary(predicted)}
+    if config.log_metrics:
+        record.update(_label_metrics(run.inputs.labels, predicted))
+    if score < run.best["score"]:
+        run.best = {"score": score, "epoch": epoch}
+        if run.files.best is None:
+            run.best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        elif dist.is_main_process():
+            save_checkpoint(run.files.best, {"method": run.method.name, "epoch": epoch, "score": score,
+                                             "model": run.model.state_dict()})
+    return record
+
+
+def _checkpoint(run: _Run, epoch: int) -> None:
+    """The log so far and ``last.pt`` (everything :func:`_resume` restores), from the main process."""
+    run.files.write_log(run.history)
+    if not dist.is_main_process() or run.files.last is None:
+        return
+    save_checkpoint(run.files.last, {
+        "method": run.method.name, "epochs_done": epoch + 1, "global_step": run.global_step,
+        "config": run.config.to_dict(), "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+        "method_state": run.method.state_dict(), "rng": get_rng_state(), "best": run.best, "history": run.history,
+    })
+
+
+def _finish(run: _Run) -> TrainResult:
+    """The selected weights (``select="best"``: the best epoch's) and their predictions."""
+    config, model = run.config, run.model
+    if config.select == "best" and run.best["epoch"] >= 0:
+        if run.files.best is not None and run.files.best.exists():
+            model.load_state_dict(load_checkpoint(run.files.best)["model"])
+        elif run.best_state is not None:
+            model.load_state_dict(run.best_state)
+        run.ctx.model_version += 1
     model.eval()
-    ctx.epoch = max(ctx.epoch, config.epochs - 1)
-    labels, confidence = method.predict(model, inputs, ctx)
+    run.ctx.epoch = max(run.ctx.epoch, config.epochs - 1)
+    labels, confidence = run.method.predict(model, run.inputs, run.ctx)
     return TrainResult(model=unwrap(model), labels=np.asarray(labels, dtype=np.int64),
-                       confidence=np.asarray(confidence, dtype=np.float32), history=history,
-                       epochs_done=max(start_epoch, config.epochs), best_epoch=int(best["epoch"]),
-                       best_score=float(best["score"]), resumed_from=resumed_from)
-
-
-def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
-    write_text(path, "".join(json.dumps(r) + "\n" for r in history))
+                       confidence=np.asarray(confidence, dtype=np.float32), history=run.history,
+                       epochs_done=max(run.start_epoch, config.epochs), best_epoch=int(run.best["epoch"]),
+                       best_score=float(run.best["score"]), resumed_from=run.start_epoch)
 
 
 def _progress(batches: list[np.ndarray], show: bool, desc: str) -> Iterator[np.ndarray]:
     if not show:
         yield from batches
         return
-    from tqdm.auto import tqdm
-
     yield from tqdm(batches, desc=desc, unit="step", leave=False)

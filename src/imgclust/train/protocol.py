@@ -78,8 +78,6 @@ The pieces
 
 from __future__ import annotations
 
-import copy
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
@@ -89,9 +87,6 @@ import torch
 import torch.nn as nn
 
 from ..augment import BatchAugment, derive_seed
-from ..errors import ImgclustError
-
-_logger = logging.getLogger(__name__)
 
 __all__ = [
     "ArrayLike",
@@ -107,8 +102,6 @@ __all__ = [
     "SplitEncoder",
     "unwrap",
     "split_decay",
-    "prepare_inputs",
-    "decode_images",
 ]
 
 ArrayLike = Any  # np.ndarray (incl. memmap) or torch.Tensor, indexed by rows
@@ -130,15 +123,6 @@ def _rows(array: ArrayLike, indices: np.ndarray, device: torch.device) -> torch.
 
 def _n_rows(array: ArrayLike) -> int:
     return int(array.shape[0])
-
-
-def _normalizer(mean: Sequence[float], std: Sequence[float]) -> Callable[[torch.Tensor], torch.Tensor]:
-    def normalize(x: torch.Tensor) -> torch.Tensor:
-        m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return (x - m) / s
-
-    return normalize
 
 
 @dataclass
@@ -552,110 +536,3 @@ class SplitEncoder(nn.Module):
         if self.trunk is not None:
             x = self.trunk(x)
         return self.tail(x)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Building TrainInputs from a dataset and a backbone (the feature cache does the heavy lifting)
-# ---------------------------------------------------------------------------------------------------------
-
-def check_view_count(n_views: int, head_mode: bool) -> None:
-    """``n_views=0`` (the clean features alone) exists in head mode only: fine-tuning needs augmented views."""
-    if n_views < (0 if head_mode else 1):
-        raise ImgclustError(f"n_views={n_views} is not possible {'in head mode' if head_mode else 'here'}",
-                            "use n_views >= 1 (fine-tuning needs augmented views), or n_views=0 in head mode "
-                            "(trainable_blocks=0)")
-
-
-def prepare_inputs(dataset: Any, backbone: Any, *, n_trainable_blocks: int = 0, n_views: int = 4,
-                   augment: BatchAugment | Sequence[BatchAugment] | None = None, device: str | torch.device = "cpu",
-                   on_the_fly: bool | None = None, cache_dir: str | Path | None = None, batch_size: int = 64,
-                   num_workers: int | None = None, seed: int = 0, labels: np.ndarray | None = None,
-                   reference_features: ArrayLike | None = None, neighbors: np.ndarray | None = None,
-                   cache_dtype: str = "float32", precision: str = "auto", progress: bool = True,
-                   shard_size: int = 2048) -> TrainInputs:
-    """Build :class:`TrainInputs` for a dataset of images (every image must decode; pass ``dataset.subset(valid)``).
-
-    * ``n_trainable_blocks == 0`` (head mode): V views of backbone features, each computed once through
-      :func:`imgclust.features.extract_features` with ``augment=augment[v % len]`` and ``view=v``, plus the clean
-      features; with V = 0 the clean features alone (both step views are the clean feature).
-    * ``n_trainable_blocks > 0`` and not ``on_the_fly`` (fine-tuning on a CPU): the backbone is split into
-      ``(trunk, tail)``; the feature cache stores the trunk activations of V augmented views and of the
-      clean images (``encoder=trunk, encoder_id="trunk-n"``), and only the tail + head run per step.
-    * ``n_trainable_blocks > 0`` and ``on_the_fly`` (default on CUDA): images decoded once into a uint8
-      (N, 3, S, S) tensor; each step augments on the device and runs frozen trunk + trainable tail.
-
-    Args:
-        dataset: an :class:`~imgclust.data.base.ImageDataset` whose rows all decode.
-        backbone: the :class:`~imgclust.backbones.base.Backbone`.
-        n_trainable_blocks: backbone blocks to fine-tune (0 = frozen backbone, head mode).
-        n_views: V, augmented views cached (cached forms); 0 only in head mode.
-        augment: augmentation(s); default ``BatchAugment("simclr")``.
-        device: where extraction (and training) runs.
-        on_the_fly: images form instead of cached trunk activations (default: ``device`` is CUDA).
-        cache_dir, batch_size, num_workers, precision, progress, shard_size: passed to ``extract_features``.
-        seed: seeds the cached views' augmentation.
-        labels: (N,) true classes for the log.
-        reference_features: (N, D) clean backbone features if already computed (else extracted).
-        neighbors: (N, k) precomputed neighbours.
-        cache_dtype: stored dtype of cached trunk activations (``"float16"`` halves the disk/RAM).
-    """
-    from ..features import extract_features
-
-    check_view_count(n_views, head_mode=n_trainable_blocks == 0)
-    device = torch.device(device)
-    augments = [BatchAugment("simclr")] if augment is None else (
-        [augment] if isinstance(augment, BatchAugment) else list(augment))
-    if on_the_fly is None:
-        on_the_fly = device.type == "cuda" and n_trainable_blocks > 0
-    common = dict(cache_dir=cache_dir, device=device, batch_size=batch_size, num_workers=num_workers,
-                  precision=precision, progress=progress, shard_size=shard_size)
-
-    def valid_all(feature_set: Any, what: str) -> np.ndarray:
-        if len(feature_set.valid_indices) != len(dataset):
-            raise ValueError(f"{what}: {len(dataset) - len(feature_set.valid_indices)} images did not decode; "
-                             "pass dataset.subset(valid_indices) of the decodable rows")
-        return np.asarray(feature_set.features)
-
-    if reference_features is None:
-        reference_features = valid_all(extract_features(dataset, backbone, **common), "backbone features")
-    feature_dim = int(backbone.feature_dim)
-    if n_trainable_blocks == 0 and n_views == 0:
-        return TrainInputs.from_features(reference_features, labels=labels, neighbors=neighbors)
-    if n_trainable_blocks == 0 and not on_the_fly:
-        views = [valid_all(extract_features(dataset, backbone, augment=augments[v % len(augments)],
-                                            augment_id=augments[v % len(augments)].augment_id, view=v,
-                                            seed=seed, **common), f"view {v}") for v in range(n_views)]
-        return TrainInputs(views=views, clean=reference_features, encoder=None, feature_dim=feature_dim,
-                           labels=labels, reference_features=reference_features, neighbors=neighbors)
-    trunk, tail = backbone.split(int(n_trainable_blocks))
-    # Train a copy of the tail: the backbone object (shared with feature extraction and its cache, keyed by
-    # the weights file) must keep its pretrained weights.
-    tail = copy.deepcopy(tail)
-    if not on_the_fly:
-        encoder_id = f"trunk-{int(n_trainable_blocks)}"
-        trunk_args = dict(encoder=trunk, encoder_id=encoder_id, dtype=cache_dtype, **common)
-        views = [valid_all(extract_features(dataset, backbone, augment=augments[v % len(augments)],
-                                            augment_id=augments[v % len(augments)].augment_id, view=v,
-                                            seed=seed, **trunk_args), f"trunk view {v}") for v in range(n_views)]
-        clean = valid_all(extract_features(dataset, backbone, **trunk_args), "clean trunk activations")
-        for p in trunk.parameters():
-            p.requires_grad_(False)
-        return TrainInputs(views=views, clean=clean, encoder=SplitEncoder(None, tail), feature_dim=feature_dim,
-                           labels=labels, reference_features=reference_features, neighbors=neighbors)
-    images = decode_images(dataset, backbone.preprocess, num_workers=num_workers, progress=progress)
-    return TrainInputs(images=images, augment=augments, normalize=_normalizer(backbone.preprocess.mean,
-                                                                             backbone.preprocess.std),
-                       encoder=SplitEncoder(trunk, tail), feature_dim=feature_dim, labels=labels,
-                       reference_features=reference_features, neighbors=neighbors)
-
-
-def decode_images(dataset: Any, preprocess: Any, num_workers: int | None = None, progress: bool = True
-                  ) -> torch.Tensor:
-    """All images of a training dataset as one uint8 (N, 3, S, S) tensor; every row must decode."""
-    from ..features import decode_images as decode_decodable
-
-    images, _, bad = decode_decodable(dataset, preprocess, num_workers=num_workers, progress=progress)
-    if bad:
-        raise ImgclustError(f"{len(bad)} training image(s) could not be decoded, e.g. {bad[0]['item']}: "
-                            f"{bad[0]['reason']}", "train on the rows that decoded (the estimator does this)")
-    return images

@@ -26,18 +26,33 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ...augment import BatchAugment
 from ...distributed import differentiable_all_gather
 from ...errors import ImgclustError
-from ...neighbors import APPROXIMATE_ABOVE, INDEXES
-from ...train.protocol import Batch, InputSpec, MethodBase, TrainInputs, draw_for_rows, split_decay, unwrap
-from ..base import Assignment, ClusterModel, FitContext, FitResult
+from ...neighbors import APPROXIMATE_ABOVE, INDEXES, nearest_neighbors, neighbor_purity
+from ...train.loop import TrainConfig, fit
+from ...train.protocol import (Batch, EpochBatchSampler, InputSpec, MethodBase, TrainInputs, draw_for_rows,
+                               split_decay, unwrap)
+from ..base import Assignment, FitContext, FitResult
+from ..consensus import ConsensusModel, consensus_partition, mean_pairwise_nmi
+from ..kmeans import kmeans
+from ..options import Option, OptionSet, options_from_dataclass
+from ..registry import register_method
+from ..trainable import (
+    LatentCache,
+    NetworkClusterModel,
+    backbone_name,
+    build_train_inputs,
+    input_options,
+    train_options,
+)
 from .losses import augmentation_consistency_loss, min_centroid_distance_loss, mmd_loss, neighbor_loss
 from .model import ICBPLNet
 from .pedcc import pedcc
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["ICBPLConfig", "ICBPL", "ICBPLModel", "fit_icbpl", "build_icbpl_net"]
+__all__ = ["ICBPLConfig", "ICBPL", "ICBPLModel", "ICBPL_OPTIONS", "fit_icbpl", "build_icbpl_net"]
 
 
 @dataclass
@@ -68,6 +83,12 @@ class ICBPLConfig:
         clean_view: step-view 1 is the clean input instead of an augmented view (one augmented view per
             step). The MMD then spreads the inputs that prediction sees, not only augmented ones; the authors'
             code trains on un-augmented images altogether.
+        init: ``"kmeans"``: the first ``init_fraction`` of the steps pull each latent onto the PEDCC vertex of
+            its spherical k-means cluster (k-means on the reference features, seeded by the run's seed), so
+            training starts from the k-means partition; ``"random"``: the ICBPL losses from the first step.
+        init_fraction: share of all steps spent on the k-means start.
+        min_steps: when ``epochs`` is not given, the default epochs are raised so that training makes at
+            least this many optimiser steps (0 = off); small sets otherwise get one step per epoch.
     """
 
     n_clusters: int = 10
@@ -91,6 +112,9 @@ class ICBPLConfig:
     kernel_num: int = 5
     encoder_lr_scale: float = 0.1
     clean_view: bool = False
+    init: str = "kmeans"
+    init_fraction: float = 0.2
+    min_steps: int = 500
 
     def __post_init__(self) -> None:
         problems = []
@@ -112,6 +136,11 @@ class ICBPLConfig:
                             f"{self.remine_every}")
         if self.neighbor_index not in INDEXES:
             problems.append(f"neighbor_index must be one of {', '.join(INDEXES)}, got {self.neighbor_index!r}")
+        if self.init not in ("kmeans", "random"):
+            problems.append(f"init must be kmeans or random, got {self.init!r}")
+        if not 0 <= self.init_fraction < 1 or self.min_steps < 0:
+            problems.append(f"need 0 <= init_fraction < 1 and min_steps >= 0, got {self.init_fraction}, "
+                            f"{self.min_steps}")
         if self.kernel_num < 1 or self.kernel_mul <= 0:
             problems.append(f"need kernel_num >= 1 and kernel_mul > 0, got {self.kernel_num}, {self.kernel_mul}")
         if problems:
@@ -136,8 +165,9 @@ class ICBPL(MethodBase):
         self.n_views = 1 if self.config.clean_view else 2
         self.neighbors: torch.Tensor | None = None  # (N, k) int64, CPU
         self.mined_at = -2  # -1: backbone features / given; e >= 0: latents at the start of epoch e
-        self._memo: tuple[Any, torch.Tensor] | None = None
-        self._warned_small_batch = False
+        self.init_labels: torch.Tensor | None = None  # (N,) k-means cluster of each sample (init="kmeans")
+        self.init_refused = False  # k-means could not start (fewer distinct rows than K): the random head is kept
+        self._latents = LatentCache(lambda net: net)  # clean-input latents (N, d), memoised
 
     # -- model and optimiser -------------------------------------------------------------------------------
     def build_model(self, spec: InputSpec) -> nn.Module:
@@ -161,8 +191,6 @@ class ICBPL(MethodBase):
 
     # -- neighbours ----------------------------------------------------------------------------------------
     def _mine(self, features: torch.Tensor | np.ndarray, ctx: Any) -> torch.Tensor:
-        from ...neighbors import nearest_neighbors
-
         n = int(features.shape[0])
         k = min(self.config.n_neighbors, n - 1)
         found = nearest_neighbors(features, k, index=self.config.neighbor_index,
@@ -175,8 +203,6 @@ class ICBPL(MethodBase):
         labels = ctx.inputs.labels
         if labels is None or self.neighbors is None or not (labels >= 0).any():
             return
-        from ...neighbors import neighbor_purity
-
         ctx.log(neighbor_purity=neighbor_purity(self.neighbors.numpy(), labels))
 
     def on_epoch_start(self, model: nn.Module, epoch: int, ctx: Any) -> None:
@@ -202,6 +228,16 @@ class ICBPL(MethodBase):
             self.mined_at = epoch
             self._log_purity(ctx)
         ctx.log(neighbors_mined_at=self.mined_at)
+        if self.config.init == "kmeans" and self.init_labels is None and inputs.reference_features is not None \
+                and not self.init_refused:
+            try:
+                found = kmeans(np.asarray(inputs.reference_features), self.config.n_clusters,
+                               seed=int(ctx.config.seed))
+            except ImgclustError as err:  # fewer distinct rows than K: no k-means start, ICBPL still runs
+                _logger.info("ICBPL: no k-means start (%s); starting from the random head", err.message)
+                self.init_refused = True
+                return
+            self.init_labels = torch.as_tensor(found.labels, dtype=torch.int64)
 
     def _sample_neighbors(self, indices: torch.Tensor, generator: torch.Generator,
                           part: tuple[int, int] | None = None) -> np.ndarray:
@@ -248,6 +284,14 @@ class ICBPL(MethodBase):
             out["min"] = 0.5 * (min_centroid_distance_loss(z1, centroids) + min_centroid_distance_loss(z2, centroids))
             loss = loss + self.min_weight(batch.global_step, getattr(ctx, "steps_per_epoch", 1)) * out["min"]
         out["loss"] = loss
+        if self.init_labels is not None and batch.global_step < round(
+                cfg.init_fraction * ctx.config.epochs * max(1, getattr(ctx, "steps_per_epoch", 1))):
+            # k-means start: each latent is pulled onto the vertex of its k-means cluster; the ICBPL terms are
+            # logged but not trained until the start is done
+            target = centroids[self.init_labels[batch.indices.cpu()].to(centroids.device)].float()
+            out["init"] = 0.5 * ((2.0 - 2.0 * (z1.float() * target).sum(dim=1)).mean()
+                                 + (2.0 - 2.0 * (z2.float() * target).sum(dim=1)).mean())
+            out["loss"] = out["init"]
         return out
 
     def min_weight(self, global_step: int, steps_per_epoch: int) -> float:
@@ -258,19 +302,6 @@ class ICBPL(MethodBase):
         return self.config.w_min * min(1.0, (global_step + 1) / warmup)
 
     # -- evaluation (label-free) ---------------------------------------------------------------------------
-    def _latents(self, model: nn.Module, ctx: Any) -> torch.Tensor:
-        """Clean-input latents (N, d), memoised until the weights change."""
-        key = (getattr(ctx, "model_version", None), ctx.epoch, id(unwrap(model)))
-        if self._memo is not None and self._memo[0] == key and key[0] is not None:
-            return self._memo[1]
-        net = unwrap(model)
-        was_training = net.training
-        net.eval()
-        z = ctx.embed(net)
-        net.train(was_training)
-        self._memo = (key, z)
-        return z
-
     def predict(self, model: nn.Module, inputs: TrainInputs, ctx: Any) -> tuple[np.ndarray, np.ndarray]:
         labels, confidence, _ = unwrap(model).assign(self._latents(model, ctx))
         return labels.cpu().numpy().astype(np.int64), confidence.cpu().numpy().astype(np.float32)
@@ -304,21 +335,22 @@ class ICBPL(MethodBase):
 
     # -- state ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"neighbors": self.neighbors, "mined_at": int(self.mined_at)}
+        return {"neighbors": self.neighbors, "mined_at": int(self.mined_at), "init_labels": self.init_labels}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         neighbors = state.get("neighbors")
         self.neighbors = None if neighbors is None else torch.as_tensor(neighbors, dtype=torch.int64).cpu()
         self.mined_at = int(state.get("mined_at", -2))
-        self._memo = None
+        self.init_labels = state.get("init_labels")
+        self._latents.clear()
 
 
 # -------------------------------------------------------------------------------------------------------------
 # The fitted model (ClusterModel) and the registry entry point
 # -------------------------------------------------------------------------------------------------------------
 
-class ICBPLModel(ClusterModel):
-    """A trained ICBPL network as a :class:`ClusterModel`.
+class ICBPLModel(NetworkClusterModel):
+    """A trained ICBPL network as a :class:`ClusterModel`: nearest PEDCC centroid of the latent.
 
     ``input_encoder`` is ``"backbone"`` (head mode: the inputs are clean backbone features) or
     ``"trunk-n"`` (n fine-tuned blocks: the inputs are the backbone trunk's activations, and the network
@@ -329,40 +361,11 @@ class ICBPLModel(ClusterModel):
 
     def __init__(self, net: ICBPLNet, config: ICBPLConfig, in_dim: int, backbone: str | None = None,
                  trainable_blocks: int = 0):
-        from ...train.protocol import SplitEncoder
-
-        if isinstance(net.encoder, SplitEncoder) and net.encoder.trunk is not None:
-            # Images form: the model consumes trunk activations, like the cached form; drop the trunk.
-            net.encoder = SplitEncoder(None, net.encoder.tail)
-        self.net = net.cpu().eval()
+        super().__init__(net, in_dim, backbone, trainable_blocks)
         self.icbpl_config = config
-        self.in_dim = int(in_dim)
-        self.backbone = backbone
-        self.trainable_blocks = int(trainable_blocks)
-        self.input_encoder = "backbone" if self.trainable_blocks == 0 else f"trunk-{self.trainable_blocks}"
 
-    @torch.no_grad()
-    def assign(self, inputs: np.ndarray, device: torch.device | str = "cpu", batch_size: int = 1024) -> Assignment:
-        """Assign (N, ...) inputs (backbone features, or trunk activations for ``trunk-n``)."""
-        device = torch.device(device)
-        net = self.net.to(device).eval()
-        labels, confidence, distance = [], [], []
-        for start in range(0, len(inputs), batch_size):
-            x = torch.from_numpy(np.array(inputs[start:start + batch_size], dtype=np.float32)).to(device)
-            lab, conf, dis = net.assign(net(x))
-            labels.append(lab.cpu())
-            confidence.append(conf.cpu())
-            distance.append(dis.cpu())
-        self.net.cpu()
-        if not labels:
-            return Assignment(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32))
-        return Assignment(torch.cat(labels).numpy().astype(np.int64), torch.cat(confidence).numpy().astype(np.float32),
-                          torch.cat(distance).numpy().astype(np.float32))
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        """The head, the centroids and the fine-tuned tail; a frozen trunk (images form) is left out."""
-        return {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()
-                if not k.startswith("encoder.trunk.")}
+    def assign_batch(self, net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return net.assign(net(x))
 
     def config(self) -> dict[str, Any]:
         return {"icbpl": dataclasses.asdict(self.icbpl_config), "in_dim": self.in_dim, "backbone": self.backbone,
@@ -370,116 +373,55 @@ class ICBPLModel(ClusterModel):
 
     @classmethod
     def from_state(cls, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> "ICBPLModel":
-        from ...train.protocol import SplitEncoder
-
         icbpl_config = ICBPLConfig(**config["icbpl"])
-        blocks = int(config.get("trainable_blocks", 0))
-        encoder = None
-        if blocks > 0:
-            from ...backbones import create_backbone
-
-            _, tail = create_backbone(config["backbone"]).split(blocks)
-            encoder = SplitEncoder(None, tail)
-        net = build_icbpl_net(icbpl_config, int(config["in_dim"]), encoder)
-        missing, unexpected = net.load_state_dict(dict(tensors), strict=False)
-        missing = [k for k in missing if not k.startswith("encoder.trunk.")]
-        if missing or unexpected:
-            raise ImgclustError(f"saved ICBPL model does not match its config (missing {missing[:5]}, "
-                                f"unexpected {unexpected[:5]})",
-                                "re-run the clustering; the model files were modified or mixed up")
-        return cls(net, icbpl_config, int(config["in_dim"]), config.get("backbone"), blocks)
+        net = build_icbpl_net(icbpl_config, int(config["in_dim"]), cls.tail_encoder(config))
+        cls.load_net(net, tensors, "ICBPL")
+        return cls(net, icbpl_config, int(config["in_dim"]), config.get("backbone"),
+                   int(config.get("trainable_blocks", 0)))
 
 
-# Options of the registry entry point, besides ICBPLConfig's and TrainConfig's fields.
-_DATA_OPTIONS = {
-    "trainable_blocks": 0,   # backbone blocks fine-tuned (0 = head mode on frozen features)
-    "n_views": 4,            # augmented views cached (cached forms); 0 in head mode: the clean features only
-    "augment": "simclr",     # BatchAugment recipe of the views
-    "on_the_fly": None,      # images form (default: on CUDA when fine-tuning)
-    "cache_dtype": "float32",
-    "n_restarts": 1,         # head mode: heads trained with seeds seed..seed+R-1, combined by consensus
-}
-_TRAIN_DEFAULTS = {"epochs": 50, "batch_size": 256, "lr": 1e-3, "optimizer": "adam", "schedule": "cosine"}
+ICBPL_OPTIONS = OptionSet("ICBPL", [
+    *options_from_dataclass("method", ICBPLConfig, exclude=("n_clusters",)),
+    *train_options(epochs=50, batch_size=256, lr=1e-3, optimizer="adam", schedule="cosine"),
+    *input_options(),
+    Option("input", "augment", "simclr", str, "BatchAugment recipe of the cached views"),
+    Option("fit", "n_restarts", 1, int, "head mode: heads trained with seeds seed..seed+R-1, combined by consensus"),
+])
 
 
-def _split_options(options: dict[str, Any], n_clusters: int, seed: int
-                   ) -> tuple[ICBPLConfig, Any, dict[str, Any]]:
-    from ...train.loop import TrainConfig
-
-    icbpl_fields = {f.name for f in dataclasses.fields(ICBPLConfig)} - {"n_clusters"}
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"seed"}
-    unknown = sorted(set(options) - icbpl_fields - train_fields - set(_DATA_OPTIONS))
-    if unknown:
-        raise ImgclustError(f"unknown ICBPL option(s): {', '.join(unknown)}",
-                            f"ICBPL accepts: {', '.join(sorted(icbpl_fields | train_fields | set(_DATA_OPTIONS)))}")
-    icbpl = ICBPLConfig(n_clusters=n_clusters, **{k: v for k, v in options.items() if k in icbpl_fields})
-    train_kwargs = dict(_TRAIN_DEFAULTS)
-    train_kwargs.update({k: v for k, v in options.items() if k in train_fields})
-    train = TrainConfig(seed=seed, **train_kwargs)
-    data = dict(_DATA_OPTIONS)
-    data.update({k: v for k, v in options.items() if k in _DATA_OPTIONS})
-    return icbpl, train, data
-
-
+@register_method("icbpl", model=ICBPLModel, options=ICBPL_OPTIONS,
+                 summary="ICBPL: latents pulled to fixed PEDCC centroids")
 def fit_icbpl(context: FitContext) -> FitResult:
-    """Registry entry point: train ICBPL on ``context`` (options: ICBPLConfig, TrainConfig and data fields).
+    """Registry entry point: train ICBPL on ``context`` (options: :data:`ICBPL_OPTIONS`).
 
     Head mode (``trainable_blocks=0``) trains on cached features of ``n_views`` augmented views, or with
     ``n_views=0`` (and for bring-your-own embeddings, where no augmentation exists) on the clean features
     themselves: no backbone pass beyond the clean one, and the augmentation term is then zero. Fine-tuning
     caches the trunk activations of the views on the CPU, or augments images per step on CUDA.
     """
-    from ...augment import BatchAugment
-    from ...train.loop import fit
-    from ...train.protocol import prepare_inputs
-
-    icbpl_config, train_config, data = _split_options(dict(context.options), context.n_clusters, context.seed)
-    blocks = int(data["trainable_blocks"])
-    n_restarts = int(data["n_restarts"])
+    opts = ICBPL_OPTIONS.resolve(context.options)
+    icbpl_config = ICBPLConfig(n_clusters=context.n_clusters, **opts["method"])
+    train_config = TrainConfig(seed=context.seed, **opts["train"])
+    if "epochs" not in context.options:
+        train_config = dataclasses.replace(train_config, epochs=_epochs_for_min_steps(
+            train_config, len(context.features), icbpl_config.min_steps))
+    blocks, n_restarts = int(opts["input"]["trainable_blocks"]), int(opts["fit"]["n_restarts"])
     if n_restarts < 1 or (n_restarts > 1 and blocks > 0):
         raise ImgclustError(f"n_restarts={n_restarts} is not possible with trainable_blocks={blocks}",
                             "use n_restarts >= 1, and restarts in head mode only (trainable_blocks=0): "
                             "fine-tuned restarts would share one backbone")
-    features = np.asarray(context.features, dtype=np.float32)
-    if context.dataset is None or context.backbone is None:
-        if blocks > 0:
-            raise ImgclustError("fine-tuning (trainable_blocks > 0) needs images, but the input is embeddings",
-                                "use trainable_blocks=0 with embeddings")
-        inputs = TrainInputs.from_features(features, labels=context.labels)
-    else:
-        inputs = prepare_inputs(context.dataset, context.backbone, n_trainable_blocks=blocks,
-                                n_views=int(data["n_views"]), augment=BatchAugment(str(data["augment"])),
-                                device=context.device, on_the_fly=data["on_the_fly"], cache_dir=context.cache_dir,
-                                batch_size=context.batch_size, num_workers=context.num_workers, seed=context.seed,
-                                labels=context.labels, reference_features=features,
-                                cache_dtype=str(data["cache_dtype"]), precision=context.precision,
-                                progress=context.progress, shard_size=context.shard_size)
+    inputs = build_train_inputs(context, opts["input"], BatchAugment(str(opts["input"]["augment"])))
     members, assignments, infos = [], [], []
     for restart in range(n_restarts):
-        # Restart r is the single run with seed + r; with several, each keeps its checkpoints in restart-r/.
-        run_dir = context.run_dir
-        if n_restarts > 1 and run_dir is not None:
-            run_dir = run_dir / f"restart-{restart}"
-        config = dataclasses.replace(train_config, seed=train_config.seed + restart)
-        method = ICBPL(icbpl_config)
-        result = fit(method, inputs, config, device=context.device, run_dir=run_dir, resume=context.resume)
-        if inputs.neighbors is None and method.mined_at == -1:
-            # the next restarts reuse the neighbours mined on the same backbone features
-            inputs = dataclasses.replace(inputs, neighbors=method.neighbors.numpy())
-        labels, confidence, distance = _assign_clean(result.model, inputs, torch.device(context.device),
-                                                     train_config.eval_batch_size)
-        members.append(ICBPLModel(result.model, icbpl_config, inputs.feature_dim,
-                                  getattr(context.backbone, "name", None), blocks))
-        assignments.append(Assignment(labels, confidence, distance))
-        infos.append({"seed": config.seed, "epochs": result.epochs_done, "best_epoch": result.best_epoch,
-                      "best_score": result.best_score, "resumed_from": result.resumed_from,
-                      "history": result.history})
+        model, assignment, inputs, info = _fit_once(context, inputs, icbpl_config, train_config, blocks, restart,
+                                                    n_restarts)
+        members.append(model)
+        assignments.append(assignment)
+        infos.append(info)
     info = {**infos[0], "trainable_blocks": blocks, "config": dataclasses.asdict(icbpl_config),
             "train_config": train_config.to_dict(), "confidence_temperature": icbpl_config.temperature}
     if n_restarts == 1:
         return FitResult(model=members[0], assignment=assignments[0], info=info)
-    from ..consensus import ConsensusModel, consensus_partition, mean_pairwise_nmi
-
     labelings = [a.labels for a in assignments]
     consensus = consensus_partition(labelings, icbpl_config.n_clusters, seed=context.seed)
     model = ConsensusModel(members, consensus.centres)
@@ -487,11 +429,29 @@ def fit_icbpl(context: FitContext) -> FitResult:
     return FitResult(model=model, assignment=model.assign_labelings(labelings), info=info)
 
 
-@torch.no_grad()
-def _assign_clean(net: ICBPLNet, inputs: TrainInputs, device: torch.device, batch_size: int
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Nearest-centroid labels, confidence and cosine distance of every clean training input."""
-    net = net.to(device).eval()
-    parts = [net.assign(net(x)) for _, x in inputs.iter_clean(batch_size, device)]
-    labels, confidence, distance = (torch.cat([p[i] for p in parts]).cpu().numpy() for i in range(3))
-    return labels.astype(np.int64), confidence.astype(np.float32), distance.astype(np.float32)
+def _epochs_for_min_steps(config: TrainConfig, n_samples: int, min_steps: int) -> int:
+    """``config.epochs``, raised so that training makes at least ``min_steps`` optimiser steps."""
+    steps_per_epoch = len(EpochBatchSampler(n_samples, config.batch_size, config.seed, config.drop_last, 0, 1))
+    return max(int(config.epochs), -(-int(min_steps) // steps_per_epoch))
+
+
+def _fit_once(context: FitContext, inputs: TrainInputs, icbpl_config: ICBPLConfig, train_config: TrainConfig,
+              blocks: int, restart: int, n_restarts: int
+              ) -> tuple[ICBPLModel, Assignment, TrainInputs, dict[str, Any]]:
+    """Restart ``restart``: the single run with seed + restart; with several, checkpoints in restart-r/.
+
+    Returns the model, its assignment of the training inputs, the inputs for the next restart (holding the
+    neighbours mined on the backbone features, to be reused) and what it logged.
+    """
+    run_dir = context.run_dir
+    if n_restarts > 1 and run_dir is not None:
+        run_dir = run_dir / f"restart-{restart}"
+    config = dataclasses.replace(train_config, seed=train_config.seed + restart)
+    method = ICBPL(icbpl_config)
+    result = fit(method, inputs, config, device=context.device, run_dir=run_dir, resume=context.resume)
+    if inputs.neighbors is None and method.mined_at == -1:
+        inputs = dataclasses.replace(inputs, neighbors=method.neighbors.numpy())
+    model = ICBPLModel(result.model, icbpl_config, inputs.feature_dim, backbone_name(context),
+                       blocks)
+    assignment = model.assign_training_inputs(inputs, torch.device(context.device), train_config.eval_batch_size)
+    return model, assignment, inputs, {"seed": config.seed, **result.summary()}

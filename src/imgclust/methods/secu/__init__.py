@@ -7,16 +7,7 @@ was added.
 """
 
 from .losses import centre_logits, centre_loss, mean_similarity, representation_loss, soft_targets
-from .method import (
-    SeCu,
-    SeCuAugment,
-    SeCuClusterModel,
-    SeCuConfig,
-    build_secu_net,
-    fit_secu,
-    secu_fit_input,
-    secu_views,
-)
+from .method import SECU_OPTIONS, SeCu, SeCuClusterModel, SeCuConfig, build_secu_net, fit_secu, secu_fit_input
 from .model import SeCuModel, projection_mlp
 from .resnet import RESNETS, SmallResNet, resnet18_cifar, resnet18_stl
 from .state import SeCuState, assign_entropy, assign_size, dual_step, entropy_increments
@@ -27,8 +18,7 @@ __all__ = [
     "SeCuClusterModel",
     "SeCuModel",
     "SeCuState",
-    "SeCuAugment",
-    "secu_views",
+    "SECU_OPTIONS",
     "secu_fit_input",
     "fit_secu",
     "build_secu_net",

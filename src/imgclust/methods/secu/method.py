@@ -30,165 +30,40 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ... import distributed as dist
-from ...augment import BatchAugment
+from ...augment import secu_views
+from ...backbones.base import Preprocess
 from ...errors import ImgclustError
-from ...train.protocol import (Batch, InputSpec, MethodBase, SplitEncoder, TrainInputs, check_view_count,
-                               unwrap)
-from ..base import Assignment, ClusterModel, FitContext, FitResult
+from ...features.views import decode_all
+from ...train.inputs import check_view_count
+from ...train.loop import TrainConfig, fit
+from ...train.protocol import Batch, InputSpec, MethodBase, TrainInputs, unwrap
+from ..base import FitContext, FitResult
+from ..options import Derived, Option, OptionSet, ResolvedOptions, options_from_dataclass
+from ..registry import register_method
+from ..trainable import (
+    LatentCache,
+    NetworkClusterModel,
+    backbone_name,
+    build_train_inputs,
+    input_options,
+    train_options,
+)
 from .losses import centre_loss, mean_similarity, representation_loss
-from .model import SeCuModel
+from .model import ENCODERS, NORMALIZATIONS, L2Normalize, Normalize, SeCuModel
 from .resnet import RESNETS
 from .state import CONSTRAINTS, SeCuState
 
 _logger = logging.getLogger(__name__)
 
-__all__ = [
-    "SeCuConfig",
-    "SeCu",
-    "SeCuClusterModel",
-    "SeCuAugment",
-    "secu_views",
-    "fit_secu",
-    "build_secu_net",
-    "NORMALIZATIONS",
-    "ENCODERS",
-]
-
-# Mean/std of the authors' scripts (CIFAR-10, CIFAR-100; STL-10 uses ImageNet's).
-NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
-# encoder -> (input size, default normalisation); "backbone" takes both from the registry backbone.
-ENCODERS: dict[str, tuple[int, str]] = {"resnet18_cifar": (32, "cifar10"), "resnet18_stl": (96, "imagenet")}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Augmentation: the authors' two asymmetric views (BYOL style), batched on the device
-# ---------------------------------------------------------------------------------------------------------
-
-class SeCuAugment(BatchAugment):
-    """:class:`~imgclust.augment.BatchAugment` plus Gaussian blur and solarisation, batched.
-
-    Args:
-        blur_p: probability of a Gaussian blur with σ ~ U(blur_sigma) pixels (MoCo v3's ``GaussianBlur``).
-        blur_sigma: (min, max) σ in pixels.
-        solarize_p: probability of inverting the pixels ≥ 128/255 (``ImageOps.solarize``).
-        **kwargs: passed to :class:`BatchAugment`.
-
-    Blur and solarisation come after BatchAugment's crop/flip/jitter/grayscale (the authors blur after
-    grayscale and flip last; flipping commutes with both). Their random numbers are one extra (N, 3) draw
-    from the same generator, after BatchAugment's.
-    """
-
-    def __init__(self, recipe: str = "simclr", *, blur_p: float = 0.0, blur_sigma: tuple[float, float] = (0.1, 2.0),
-                 solarize_p: float = 0.0, **kwargs: Any):
-        super().__init__(recipe, **kwargs)
-        self.blur_p = float(blur_p)
-        self.blur_sigma = (float(blur_sigma[0]), float(blur_sigma[1]))
-        self.solarize_p = float(solarize_p)
-        if not (0.0 <= self.blur_p <= 1.0 and 0.0 <= self.solarize_p <= 1.0):
-            raise ValueError(f"blur_p and solarize_p must be probabilities, got {blur_p}, {solarize_p}")
-        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
-            raise ValueError(f"blur_sigma must satisfy 0 < min <= max, got {blur_sigma}")
-
-    def spec(self) -> dict[str, Any]:
-        out = super().spec()
-        out.update({"blur_p": self.blur_p, "blur_sigma": list(self.blur_sigma), "solarize_p": self.solarize_p})
-        return out
-
-    @property
-    def is_identity(self) -> bool:
-        return super().is_identity and self.blur_p == 0 and self.solarize_p == 0
-
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        out = super().__call__(images, generator)
-        n = out.shape[0]
-        if n == 0 or (self.blur_p == 0 and self.solarize_p == 0):
-            return out
-        u = torch.rand((n, 3), generator=generator, device=generator.device, dtype=torch.float64).to(out.device)
-        dtype = out.dtype
-        x = out.float() / 255.0 if dtype == torch.uint8 else out.float()
-        blur = u[:, 0] < self.blur_p
-        if bool(blur.any()):
-            lo, hi = self.blur_sigma
-            sigma = (lo + (hi - lo) * u[:, 1]).float()
-            rows = torch.nonzero(blur).squeeze(1)
-            x = x.clone()
-            x[rows] = gaussian_blur(x[rows], sigma[rows], hi)
-        solar = (u[:, 2] < self.solarize_p).view(n, 1, 1, 1)
-        if bool(solar.any()):
-            x = torch.where(solar & (x >= 128.0 / 255.0), 1.0 - x, x)
-        if dtype == torch.uint8:
-            return x.clamp_(0, 1).mul_(255.0).round_().to(torch.uint8)
-        return x.to(dtype)
-
-
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, max_sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur with one σ per image (reflect padding).
-
-    Args:
-        x: (N, C, H, W) float images.
-        sigma: (N,) standard deviations in pixels.
-        max_sigma: the largest σ that may occur; sets the kernel radius ``ceil(3·max_sigma)``.
-
-    Returns:
-        (N, C, H, W) blurred images.
-    """
-    n, c, h, w = x.shape
-    radius = max(1, min(int(math.ceil(3 * max_sigma)), h - 1, w - 1))
-    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    kernel = torch.exp(-(t[None, :] ** 2) / (2 * sigma.to(x.dtype)[:, None] ** 2))
-    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # (N·C, 2r+1)
-    size = 2 * radius + 1
-    y = x.reshape(1, n * c, h, w)
-    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), kernel.view(n * c, 1, 1, size), groups=n * c)
-    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), kernel.view(n * c, 1, size, 1), groups=n * c)
-    return y.view(n, c, h, w)
-
-
-def secu_views(min_crop: float = 0.3, size: int | None = None) -> list[SeCuAugment]:
-    """The authors' two asymmetric views.
-
-    View 1: RandomResizedCrop(scale=(min_crop, 1)), ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8, grayscale p 0.2,
-    Gaussian blur σ∈[0.1, 2] **p 1.0**, horizontal flip. View 2: the same with blur **p 0.1** and
-    **solarize p 0.2**.
-    """
-    common = dict(size=size, crop_scale=(float(min_crop), 1.0), crop_ratio=(3 / 4, 4 / 3), flip_p=0.5,
-                  jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8, grayscale_p=0.2)
-    return [SeCuAugment("simclr", blur_p=1.0, solarize_p=0.0, **common),
-            SeCuAugment("simclr", blur_p=0.1, solarize_p=0.2, **common)]
-
-
-class L2Normalize(nn.Module):
-    """Rows scaled to unit length (head mode: backbone features enter the projector L2-normalised)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x.float(), dim=1)
-
-
-class Normalize(nn.Module):
-    """``(x − mean) / std`` per channel for float images in [0, 1] (uint8 inputs are scaled first)."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+__all__ = ["SeCuConfig", "SeCu", "SeCuClusterModel", "SECU_OPTIONS", "fit_secu", "secu_fit_input", "build_secu_net"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -307,7 +182,7 @@ class SeCu(MethodBase):
         self._input_transform = input_transform
         self.state: SeCuState | None = None
         self.snapshot: list[torch.Tensor] | None = None
-        self._memo: tuple[Any, torch.Tensor] | None = None
+        self._latents = LatentCache(lambda net: net.embed)  # clean-input projections (N, dim), memoised
 
     # -- model and optimiser -------------------------------------------------------------------------------
     def build_model(self, spec: InputSpec) -> nn.Module:
@@ -393,18 +268,6 @@ class SeCu(MethodBase):
         return out
 
     # -- evaluation (label-free) ---------------------------------------------------------------------------
-    def _latents(self, model: nn.Module, ctx: Any) -> torch.Tensor:
-        key = (getattr(ctx, "model_version", None), ctx.epoch, id(unwrap(model)))
-        if self._memo is not None and self._memo[0] == key and key[0] is not None:
-            return self._memo[1]
-        net: SeCuModel = unwrap(model)  # type: ignore[assignment]
-        was_training = net.training
-        net.eval()
-        z = ctx.embed(net.embed)
-        net.train(was_training)
-        self._memo = (key, z)
-        return z
-
     def _eval_logits(self, model: nn.Module, ctx: Any) -> torch.Tensor:
         net: SeCuModel = unwrap(model)  # type: ignore[assignment]
         centres = net.normalized_centres()[self.config.eval_head].detach().float()
@@ -441,14 +304,14 @@ class SeCu(MethodBase):
             if self.state is None:
                 raise ImgclustError("SeCu state loaded before the model was built", "call build_model first")
             self.state.load_state_dict(saved)
-        self._memo = None
+        self._latents.clear()
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The fitted model (ClusterModel)
 # ---------------------------------------------------------------------------------------------------------
 
-class SeCuClusterModel(ClusterModel):
+class SeCuClusterModel(NetworkClusterModel):
     """A trained SeCu network as a :class:`ClusterModel`; assigns with the head whose K = ``n_clusters``.
 
     ``input_encoder`` says what :meth:`assign` consumes:
@@ -460,60 +323,32 @@ class SeCuClusterModel(ClusterModel):
     """
 
     method = "secu"
+    assign_batch_size = 512
 
     def __init__(self, net: SeCuModel, config: SeCuConfig, in_dim: int, encoder: str = "backbone",
                  backbone: str | None = None, trainable_blocks: int = 0, image_size: int | None = None,
                  normalization: str | None = None, normalize_inputs: bool = False):
-        if isinstance(net.encoder, SplitEncoder) and net.encoder.trunk is not None:
-            net.encoder = SplitEncoder(None, net.encoder.tail)   # prediction consumes trunk activations
-        self.net = net.cpu().eval()
+        super().__init__(net, in_dim, backbone, trainable_blocks)
         self.secu_config = config
-        self.in_dim = int(in_dim)
         self.encoder = encoder
-        self.backbone = backbone
-        self.trainable_blocks = int(trainable_blocks)
         self.image_size = image_size
         self.normalization = normalization
         self.normalize_inputs = bool(normalize_inputs)
         if encoder in RESNETS:
             self.input_encoder = f"pixels-{int(image_size or ENCODERS[encoder][0])}"
-        else:
-            self.input_encoder = "backbone" if self.trainable_blocks == 0 else f"trunk-{self.trainable_blocks}"
 
     @property
     def cluster_centers_(self) -> np.ndarray:
         """(K, dim) unit centres of the evaluated head."""
         return self.net.normalized_centres()[self.secu_config.eval_head].detach().cpu().numpy()
 
-    @torch.no_grad()
-    def assign(self, inputs: np.ndarray, device: torch.device | str = "cpu", batch_size: int = 512) -> Assignment:
-        device = torch.device(device)
-        net = self.net.to(device).eval()
+    def assign_batch(self, net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Nearest centre of the evaluated head; confidence ``softmax(z·c/τ_x)`` of it; distance 1 − cos."""
         centres = net.normalized_centres()[self.secu_config.eval_head].float()
-        labels, confidence, distance = [], [], []
-        for start in range(0, len(inputs), batch_size):
-            chunk = inputs[start:start + batch_size]
-            x = chunk if isinstance(chunk, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(chunk))
-            x = x.to(device)
-            if x.dtype != torch.uint8:
-                x = x.float()
-            cos = net.embed(x) @ centres.T
-            prob = torch.softmax(cos / self.secu_config.rep_temperature, dim=1)
-            best_cos, lab = cos.max(dim=1)
-            labels.append(lab.cpu())
-            confidence.append(prob.gather(1, lab[:, None]).squeeze(1).cpu())
-            distance.append((1.0 - best_cos).cpu())
-        self.net.cpu()
-        if not labels:
-            return Assignment(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32))
-        return Assignment(torch.cat(labels).numpy().astype(np.int64),
-                          torch.cat(confidence).numpy().astype(np.float32),
-                          torch.cat(distance).numpy().astype(np.float32))
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        """Encoder (or fine-tuned tail), projector and all heads' centres; a frozen trunk is left out."""
-        return {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()
-                if not k.startswith("encoder.trunk.")}
+        cos = net.embed(x) @ centres.T
+        prob = torch.softmax(cos / self.secu_config.rep_temperature, dim=1)
+        best_cos, labels = cos.max(dim=1)
+        return labels, prob.gather(1, labels[:, None]).squeeze(1), 1.0 - best_cos
 
     def config(self) -> dict[str, Any]:
         return {"secu": dataclasses.asdict(self.secu_config), "in_dim": self.in_dim, "encoder": self.encoder,
@@ -525,90 +360,75 @@ class SeCuClusterModel(ClusterModel):
     def from_state(cls, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> "SeCuClusterModel":
         secu_config = SeCuConfig(**config["secu"])
         encoder_name = config.get("encoder", "backbone")
-        blocks = int(config.get("trainable_blocks", 0))
-        encoder: nn.Module | None = None
-        transform: nn.Module | None = None
-        if encoder_name in RESNETS:
-            encoder = RESNETS[encoder_name]()
-            mean, std = NORMALIZATIONS[config.get("normalization") or ENCODERS[encoder_name][1]]
-            transform = Normalize(mean, std)
-        elif blocks > 0:
-            from ...backbones import create_backbone
+        encoder, transform = _network_parts(encoder_name, config.get("normalization"),
+                                            bool(config.get("normalize_inputs")), cls.tail_encoder(config))
+        net = cls.load_net(build_secu_net(secu_config, int(config["in_dim"]), encoder, transform), tensors, "SeCu")
+        return cls(net, secu_config, int(config["in_dim"]), encoder_name, config.get("backbone"),
+                   int(config.get("trainable_blocks", 0)), config.get("image_size"), config.get("normalization"),
+                   bool(config.get("normalize_inputs")))
 
-            _, tail = create_backbone(config["backbone"]).split(blocks)
-            encoder = SplitEncoder(None, tail)
-        elif config.get("normalize_inputs"):
-            transform = L2Normalize()
-        net = build_secu_net(secu_config, int(config["in_dim"]), encoder, transform)
-        missing, unexpected = net.load_state_dict(dict(tensors), strict=False)
-        missing = [k for k in missing if not k.startswith("encoder.trunk.")]
-        if missing or unexpected:
-            raise ImgclustError(f"saved SeCu model does not match its config (missing {missing[:5]}, "
-                                f"unexpected {unexpected[:5]})",
-                                "re-run the clustering; the model files were modified or mixed up")
-        return cls(net, secu_config, int(config["in_dim"]), encoder_name, config.get("backbone"), blocks,
-                   config.get("image_size"), config.get("normalization"), bool(config.get("normalize_inputs")))
+
+def _network_parts(encoder_name: str, normalization: str | None, normalize_inputs: bool,
+                   tail: nn.Module | None) -> tuple[nn.Module | None, nn.Module | None]:
+    """(encoder, input transform) in front of the projector: a from-scratch ResNet behind image
+    normalisation, a fine-tuned tail, or nothing (head mode, optionally behind L2 normalisation)."""
+    if encoder_name in RESNETS:
+        mean, std = NORMALIZATIONS[normalization or ENCODERS[encoder_name][1]]
+        return RESNETS[encoder_name](), Normalize(mean, std)
+    if tail is not None:
+        return tail, None
+    return None, L2Normalize() if normalize_inputs else None
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Registry entry point
+# Options and the registry entry point
 # ---------------------------------------------------------------------------------------------------------
 
-# Options of the registry entry point besides SeCuConfig's and TrainConfig's fields.
-_DATA_OPTIONS: dict[str, Any] = {
-    "encoder": "backbone",     # "backbone" (registry backbone) | "resnet18_cifar" | "resnet18_stl"
-    "trainable_blocks": 0,     # backbone blocks fine-tuned (0 = head mode on cached features)
-    "n_views": 4,              # cached augmented views (head mode / CPU fine-tuning); even: half per view type;
-                               # 0 in head mode: the clean features only (no extra backbone pass)
-    "min_crop": 0.3,           # RandomResizedCrop lower scale [--min-crop]
-    "image_size": None,        # from-scratch ResNets: side of the decoded images (default 32 / 96)
-    "normalization": None,     # from-scratch ResNets: "cifar10" | "cifar100" | "imagenet" (default per encoder)
-    "normalize_inputs": True,  # head mode: L2-normalise the backbone features before the projector
-    "on_the_fly": None,        # images form for backbone fine-tuning (default: on CUDA)
-    "cache_dtype": "float32",
-}
 # The authors' optimisation (main.py + run_cifar10.sh): epoch 0 at encoder lr 0, linear warm-up to
-# epoch 11, cosine to 0; epochs default per encoder below (401 = 1 held + 400 for CIFAR-10).
-_TRAIN_DEFAULTS: dict[str, Any] = {"batch_size": 128, "lr": 0.2, "optimizer": "sgd", "momentum": 0.9,
-                                   "weight_decay": 1e-4, "schedule": "cosine", "hold_epochs": 1.0,
-                                   "warmup_epochs": 11.0, "drop_last": False}
+# epoch 11, cosine to 0; epochs per encoder (401 = 1 held + 400 for CIFAR-10).
 _EPOCHS = {"resnet18_cifar": 401, "resnet18_stl": 801, "backbone": 100}
 
+SECU_OPTIONS = OptionSet("SeCu", [
+    *options_from_dataclass("method", SeCuConfig, exclude=("n_clusters",), defaults={
+        "encoder_lr_scale": Derived(lambda v: 1.0 if v["input"]["encoder"] in RESNETS else 0.1,
+                                    "1.0 for the from-scratch ResNets, 0.1 for backbone blocks")}),
+    *train_options(batch_size=128, lr=0.2, optimizer="sgd", momentum=0.9, weight_decay=1e-4, schedule="cosine",
+                   hold_epochs=1.0, warmup_epochs=11.0, drop_last=False,
+                   epochs=Derived(lambda v: _EPOCHS.get(v["input"]["encoder"], _EPOCHS["backbone"]),
+                                  "401 (resnet18_cifar), 801 (resnet18_stl), 100 (backbone)")),
+    *input_options(),
+    Option("input", "encoder", "backbone", str, "backbone (registry backbone) | resnet18_cifar | resnet18_stl"),
+    Option("input", "min_crop", 0.3, float, "RandomResizedCrop lower scale [--min-crop]"),
+    Option("input", "image_size", None, int | None, "from-scratch ResNets: side of the decoded images "
+                                                      "(default 32 / 96)"),
+    Option("input", "normalization", None, str | None, "from-scratch ResNets: cifar10 | cifar100 | imagenet "
+                                                        "(default per encoder)"),
+    Option("input", "normalize_inputs", True, bool, "head mode: L2-normalise the backbone features before the "
+                                                    "projector"),
+])
 
-@dataclass
-class _Options:
-    secu: SeCuConfig
-    train: Any
-    data: dict[str, Any] = field(default_factory=dict)
 
-
-def _split_options(options: dict[str, Any], n_clusters: int, seed: int) -> _Options:
-    from ...train.loop import TrainConfig
-
-    secu_fields = {f.name for f in dataclasses.fields(SeCuConfig)} - {"n_clusters"}
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"seed"}
-    unknown = sorted(set(options) - secu_fields - train_fields - set(_DATA_OPTIONS))
-    if unknown:
-        raise ImgclustError(f"unknown SeCu option(s): {', '.join(unknown)}",
-                            f"SeCu accepts: {', '.join(sorted(secu_fields | train_fields | set(_DATA_OPTIONS)))}")
-    data = dict(_DATA_OPTIONS)
-    data.update({k: v for k, v in options.items() if k in _DATA_OPTIONS})
-    encoder = str(data["encoder"])
+def _check_inputs(inputs: dict[str, Any]) -> None:
+    encoder = str(inputs["encoder"])
     if encoder != "backbone" and encoder not in RESNETS:
         raise ImgclustError(f"unknown SeCu encoder {encoder!r}",
                             f"use encoder=backbone or one of: {', '.join(RESNETS)}")
-    if data["normalization"] is not None and data["normalization"] not in NORMALIZATIONS:
-        raise ImgclustError(f"unknown normalization {data['normalization']!r}",
+    if inputs["normalization"] is not None and inputs["normalization"] not in NORMALIZATIONS:
+        raise ImgclustError(f"unknown normalization {inputs['normalization']!r}",
                             f"use one of: {', '.join(NORMALIZATIONS)}")
-    check_view_count(int(data["n_views"]), head_mode=encoder == "backbone" and int(data["trainable_blocks"]) == 0)
-    secu_kwargs = {k: v for k, v in options.items() if k in secu_fields}
-    if secu_kwargs.get("encoder_lr_scale") is None:
-        secu_kwargs["encoder_lr_scale"] = 1.0 if encoder in RESNETS else 0.1
-    secu = SeCuConfig(n_clusters=n_clusters, **secu_kwargs)
-    train_kwargs = dict(_TRAIN_DEFAULTS, epochs=_EPOCHS[encoder])
-    train_kwargs.update({k: v for k, v in options.items() if k in train_fields})
-    train = TrainConfig(seed=seed, **train_kwargs)
-    return _Options(secu, train, data)
+    check_view_count(int(inputs["n_views"]), head_mode=encoder == "backbone" and int(inputs["trainable_blocks"]) == 0)
+
+
+def _image_size(inputs: dict[str, Any]) -> int | None:
+    encoder = str(inputs["encoder"])
+    return int(inputs["image_size"] or ENCODERS[encoder][0]) if encoder in RESNETS else inputs["image_size"]
+
+
+def secu_fit_input(options: ResolvedOptions) -> str:
+    """``"pixels-S"`` for the from-scratch ResNets (they never need backbone features), else ``"backbone"``."""
+    if str(options["input"]["encoder"]) in RESNETS:
+        return f"pixels-{_image_size(options['input'])}"
+    return "backbone"
 
 
 def _view_groups(n_views: int) -> list[list[int]] | None:
@@ -618,112 +438,66 @@ def _view_groups(n_views: int) -> list[list[int]] | None:
     return [list(range(0, n_views, 2)), list(range(1, n_views, 2))]
 
 
-def secu_fit_input(options: dict[str, Any]) -> str:
-    """``"pixels-S"`` for the from-scratch ResNets (they never need backbone features), else ``"backbone"``."""
-    encoder = str(options.get("encoder", _DATA_OPTIONS["encoder"]))
-    if encoder in RESNETS:
-        return f"pixels-{int(options.get('image_size') or ENCODERS[encoder][0])}"
-    return "backbone"
-
-
-def build_inputs(context: FitContext, opts: _Options) -> tuple[TrainInputs, nn.Module | None, nn.Module | None]:
+def build_inputs(context: FitContext, inputs: dict[str, Any]) -> tuple[TrainInputs, nn.Module | None,
+                                                                        nn.Module | None]:
     """Training inputs for ``context`` and, for the from-scratch ResNets, (encoder, input transform)."""
-    from ...train.protocol import decode_images, prepare_inputs
-
-    data = opts.data
-    encoder_name = str(data["encoder"])
+    encoder_name = str(inputs["encoder"])
+    views = secu_views(float(inputs["min_crop"]))
     if encoder_name in RESNETS:
-        if context.dataset is None:
-            raise ImgclustError(f"encoder={encoder_name} trains on images, but the input is embeddings",
-                                "use encoder=backbone with embeddings")
-        from ...backbones.base import Preprocess
-
-        size = int(data["image_size"] or ENCODERS[encoder_name][0])
-        mean, std = NORMALIZATIONS[data["normalization"] or ENCODERS[encoder_name][1]]
-        given = np.asarray(context.features)
-        if given.ndim == 4 and given.dtype == np.uint8 and given.shape[1:] == (3, size, size):
-            images = torch.from_numpy(given)  # decoded by the estimator (secu_fit_input)
-        else:
-            images = decode_images(context.dataset, Preprocess(input_size=size, mean=mean, std=std),
-                                   num_workers=context.num_workers, progress=context.progress)
-        encoder = RESNETS[encoder_name]()
-        inputs = TrainInputs(images=images, augment=secu_views(float(data["min_crop"])), normalize=None,
-                             encoder=None, feature_dim=encoder.feature_dim, labels=context.labels)
-        return inputs, encoder, Normalize(mean, std)
-    features = np.asarray(context.features, dtype=np.float32)
-    blocks = int(data["trainable_blocks"])
-    if context.dataset is None or context.backbone is None:
-        if blocks > 0:
-            raise ImgclustError("fine-tuning (trainable_blocks > 0) needs images, but the input is embeddings",
-                                "use trainable_blocks=0 with embeddings")
+        images = _training_images(context, encoder_name, int(_image_size(inputs) or 0), inputs["normalization"])
+        encoder, transform = _network_parts(encoder_name, inputs["normalization"], False, None)
+        return (TrainInputs(images=images, augment=views, normalize=None, encoder=None,
+                            feature_dim=encoder.feature_dim, labels=context.labels), encoder, transform)
+    if context.dataset is None or context.source is None:
         _logger.warning("SeCu on embeddings: no augmented views exist, both views are the embedding itself")
-        transform = L2Normalize() if data["normalize_inputs"] else None
-        return TrainInputs.from_features(features, labels=context.labels), None, transform
-    n_views = int(data["n_views"])
-    inputs = prepare_inputs(context.dataset, context.backbone, n_trainable_blocks=blocks, n_views=n_views,
-                            augment=secu_views(float(data["min_crop"])), device=context.device,
-                            on_the_fly=data["on_the_fly"], cache_dir=context.cache_dir,
-                            batch_size=context.batch_size, num_workers=context.num_workers, seed=context.seed,
-                            labels=context.labels, reference_features=features,
-                            cache_dtype=str(data["cache_dtype"]), precision=context.precision,
-                            progress=context.progress,
-                            shard_size=context.shard_size)
-    if inputs.mode == "cached":
-        inputs.view_groups = _view_groups(n_views)
-    transform = L2Normalize() if blocks == 0 and data["normalize_inputs"] else None
-    return inputs, None, transform
+    train_inputs = build_train_inputs(context, inputs, views)
+    if train_inputs.mode == "cached" and context.dataset is not None and context.source is not None:
+        train_inputs.view_groups = _view_groups(int(inputs["n_views"]))
+    head_mode = int(inputs["trainable_blocks"]) == 0
+    return train_inputs, None, L2Normalize() if head_mode and inputs["normalize_inputs"] else None
 
 
+def _training_images(context: FitContext, encoder_name: str, size: int, normalization: str | None) -> torch.Tensor:
+    """uint8 (N, 3, size, size) images: as the estimator decoded them (``secu_fit_input``), else decoded here."""
+    if context.dataset is None:
+        raise ImgclustError(f"encoder={encoder_name} trains on images, but the input is embeddings",
+                            "use encoder=backbone with embeddings")
+    given = np.asarray(context.features)
+    if given.ndim == 4 and given.dtype == np.uint8 and given.shape[1:] == (3, size, size):
+        return torch.from_numpy(given)
+    mean, std = NORMALIZATIONS[normalization or ENCODERS[encoder_name][1]]
+    source = context.source
+    return decode_all(Preprocess(input_size=size, mean=mean, std=std), context.dataset,
+                      num_workers=source.num_workers if source is not None else None,
+                      progress=source.progress if source is not None else None)
+
+
+@register_method("secu", model=SeCuClusterModel, options=SECU_OPTIONS, fit_input=secu_fit_input,
+                 summary="SeCu: stable cluster discrimination with multiple heads and size/entropy constraints")
 def fit_secu(context: FitContext) -> FitResult:
-    """Registry entry point: train SeCu on ``context``.
-
-    Options (``--set KEY=VALUE``): every :class:`SeCuConfig` field, every
-    :class:`~imgclust.train.loop.TrainConfig` field (defaults: the authors' SGD, lr 0.2, momentum 0.9,
-    wd 1e-4, batch 128, 11 warm-up epochs, cosine), and ``encoder``, ``trainable_blocks``, ``n_views``,
-    ``min_crop``, ``image_size``, ``normalization``, ``normalize_inputs``, ``on_the_fly``, ``cache_dtype``.
-    """
-    from ...train.loop import fit
-
-    opts = _split_options(dict(context.options), context.n_clusters, context.seed)
-    inputs, encoder, transform = build_inputs(context, opts)
-    rest = len(inputs) % opts.train.batch_size
-    if not opts.train.drop_last and len(inputs) > opts.train.batch_size and 0 < rest < 2 * dist.world_size():
+    """Registry entry point: train SeCu on ``context`` (options: :data:`SECU_OPTIONS`; training defaults: the
+    authors' SGD, lr 0.2, momentum 0.9, wd 1e-4, batch 128, 11 warm-up epochs, cosine)."""
+    opts = SECU_OPTIONS.resolve(context.options)
+    _check_inputs(opts["input"])
+    secu_config = SeCuConfig(n_clusters=context.n_clusters, **opts["method"])
+    train_config = TrainConfig(seed=context.seed, **opts["train"])
+    inputs, encoder, transform = build_inputs(context, opts["input"])
+    rest = len(inputs) % train_config.batch_size
+    if not train_config.drop_last and len(inputs) > train_config.batch_size and 0 < rest < 2 * dist.world_size():
         # batch norm cannot train on a 1-row batch (per process): drop that last step of each epoch
         _logger.info("SeCu: the last batch of each epoch would hold %d sample(s); dropping it", rest)
-        opts.train = dataclasses.replace(opts.train, drop_last=True)
-    method = SeCu(opts.secu, encoder=encoder, input_transform=transform)
-    result = fit(method, inputs, opts.train, device=context.device, run_dir=context.run_dir, resume=context.resume)
-    net: SeCuModel = result.model  # type: ignore[assignment]
-    encoder_name = str(opts.data["encoder"])
-    model = SeCuClusterModel(net, opts.secu, int(inputs.feature_dim or 0), encoder_name,
-                             getattr(context.backbone, "name", None), int(opts.data["trainable_blocks"]),
-                             opts.data["image_size"] or (ENCODERS[encoder_name][0] if encoder_name in RESNETS
-                                                         else None),
-                             opts.data["normalization"], transform is not None and encoder_name not in RESNETS)
-    labels, confidence, distance = _assign_clean(net, inputs, torch.device(context.device), opts.secu,
-                                                 opts.train.eval_batch_size)
+        train_config = dataclasses.replace(train_config, drop_last=True)
+    method = SeCu(secu_config, encoder=encoder, input_transform=transform)
+    result = fit(method, inputs, train_config, device=context.device, run_dir=context.run_dir, resume=context.resume)
+    encoder_name = str(opts["input"]["encoder"])
+    model = SeCuClusterModel(result.model, secu_config, int(inputs.feature_dim or 0), encoder_name,
+                             backbone_name(context), int(opts["input"]["trainable_blocks"]),
+                             _image_size(opts["input"]), opts["input"]["normalization"],
+                             transform is not None and encoder_name not in RESNETS)
+    assignment = model.assign_training_inputs(inputs, torch.device(context.device), train_config.eval_batch_size)
     assert method.state is not None
-    info = {"epochs": result.epochs_done, "best_epoch": result.best_epoch, "best_score": result.best_score,
-            "resumed_from": result.resumed_from, "history": result.history, "encoder": encoder_name,
-            "trainable_blocks": int(opts.data["trainable_blocks"]), "config": dataclasses.asdict(opts.secu),
-            "train_config": opts.train.to_dict(), "cluster_stats": method.state.stats(),
-            "confidence_temperature": opts.secu.rep_temperature}
-    return FitResult(model=model, assignment=Assignment(labels, confidence, distance), info=info)
-
-
-@torch.no_grad()
-def _assign_clean(net: SeCuModel, inputs: TrainInputs, device: torch.device, config: SeCuConfig, batch_size: int
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Nearest-centre labels, confidence and cosine distance of every clean training input."""
-    net = net.to(device).eval()
-    centres = net.normalized_centres()[config.eval_head].float()
-    labels, confidence, distance = [], [], []
-    for _, x in inputs.iter_clean(batch_size, device):
-        cos = net.embed(x) @ centres.T
-        prob = torch.softmax(cos / config.rep_temperature, dim=1)
-        best, lab = cos.max(dim=1)
-        labels.append(lab.cpu())
-        confidence.append(prob.gather(1, lab[:, None]).squeeze(1).cpu())
-        distance.append((1.0 - best).cpu())
-    return (torch.cat(labels).numpy().astype(np.int64), torch.cat(confidence).numpy().astype(np.float32),
-            torch.cat(distance).numpy().astype(np.float32))
+    info = {**result.summary(), "encoder": encoder_name,
+            "trainable_blocks": int(opts["input"]["trainable_blocks"]), "config": dataclasses.asdict(secu_config),
+            "train_config": train_config.to_dict(), "cluster_stats": method.state.stats(),
+            "confidence_temperature": secu_config.rep_temperature}
+    return FitResult(model=model, assignment=assignment, info=info)

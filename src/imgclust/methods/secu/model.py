@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["SeCuModel", "projection_mlp"]
+__all__ = ["SeCuModel", "projection_mlp", "L2Normalize", "Normalize", "NORMALIZATIONS", "ENCODERS"]
 
 
 def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -90,3 +90,33 @@ class SeCuModel(nn.Module):
     def encoder_parameters(self) -> list[nn.Parameter]:
         centre_ids = {id(p) for p in self.centres}
         return [p for p in self.parameters() if id(p) not in centre_ids and p.requires_grad]
+
+
+# Mean/std of the authors' scripts (CIFAR-10, CIFAR-100; STL-10 uses ImageNet's).
+NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+# encoder -> (input size, default normalisation); "backbone" takes both from the registry backbone.
+ENCODERS: dict[str, tuple[int, str]] = {"resnet18_cifar": (32, "cifar10"), "resnet18_stl": (96, "imagenet")}
+
+
+class L2Normalize(nn.Module):
+    """Rows scaled to unit length (head mode: backbone features enter the projector L2-normalised)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x.float(), dim=1)
+
+
+class Normalize(nn.Module):
+    """``(x − mean) / std`` per channel for float images in [0, 1] (uint8 inputs are scaled first)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
