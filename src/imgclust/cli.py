@@ -26,7 +26,7 @@ from .terminal import describe_methods, format_summary
 
 EXAMPLES = """\
 worked example (your own photos, number of groups unknown):
-  imgclust cluster ~/photos --out runs/photos               # 1. estimates K (2..30), clusters, writes a report
+  imgclust cluster ~/photos --out runs/photos               # 1. estimates K, clusters, writes a report
   xdg-open runs/photos/report.html                          # 2. look at it (macOS: open …; or any browser)
   imgclust export runs/photos --to ~/photos-by-cluster      # 3. one folder per cluster (symlinks to the originals)
   imgclust predict runs/photos ~/new-photos --out new.csv   # 4. assign new images to the same clusters
@@ -42,7 +42,8 @@ more:
   imgclust export runs/photos --to sorted --names names.json --mode copy   # names.json: {"0": "cats", "1": "cars"}
   imgclust report runs/photos --plots                       # rebuild report.html (+ plots/*.png)
 outputs (in --out): report.html, assignments.csv, metrics.json (when labels exist), run.json,
-  k_selection.json + k_selection.png (when K was estimated), model.json + model.safetensors
+  k_selection.json + k_selection.png (when K was estimated), duplicates.csv + outliers.csv (images),
+  model.json + model.safetensors
 """
 
 
