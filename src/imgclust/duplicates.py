@@ -43,6 +43,7 @@ import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from .data.decode import open_regular_file
 from .errors import BadImageError, ImgclustError
 from .neighbors import Neighbors, nearest_neighbors
 
@@ -134,11 +135,7 @@ def file_digests(paths: Sequence[str | os.PathLike]) -> list[str | None]:
 def _file_sha256(path: str | os.PathLike) -> str | None:
     digest = hashlib.sha256()
     try:
-        # O_NONBLOCK: should the file have been swapped for a pipe since the stat, opening it must not hang
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        with open(fd, "rb") as f:
-            if not S_ISREG(os.fstat(f.fileno()).st_mode):
-                return None
+        with open_regular_file(path) as f:
             while chunk := f.read(_CHUNK):
                 digest.update(chunk)
     except OSError:

@@ -35,7 +35,7 @@ from .report.plots import k_selection_figure, save_png
 from .duplicates import (DuplicateReport, dataset_digests, duplicate_rows, find_duplicates_and_outliers, outlier_rows,
                          perceptual_hashes)
 from .runfolder import (DUPLICATES, K_SELECTION_JSON, K_SELECTION_PNG, METRICS, OUTLIERS, RUN_INFO, Assignments,
-                        RunFolder, check_output_folder, refuse_source_root)
+                        RunFolder, refuse_source_root)
 
 
 @dataclass
@@ -128,9 +128,7 @@ def check_settings(clusterer: ImageClusterer, source: Any, folder: RunFolder) ->
     """Every setting that can be checked without reading the data, before any work (or ImgclustError)."""
     validate_options(clusterer.method, clusterer.method_options or {})
     clusterer.check_params()
-    folder.check_writable("--out")
-    if clusterer.cache_dir is not None:
-        check_output_folder(clusterer.cache_dir, "--cache-dir")
+    folder.check_writable("--out")  # the cache folder is checked with the other extraction settings (check_params)
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
         refuse_source_root(folder.path, source, "--out")
 

@@ -218,7 +218,7 @@ def check_output_folder(path: str | os.PathLike, option: str) -> None:
             break
         parent = parent.parent
     if parent.exists() and not parent.is_dir():
-        raise ImgclustError(f"{option} {path} lies under {parent}, which is a file", f"choose another {option} folder")
+        raise ImgclustError(f"{option} {path} cannot be created: {parent} is a file", f"choose another {option} folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ImgclustError(f"{option} {path}: no permission to write in {parent}",
                             f"choose a {option} folder you can write to")
@@ -239,7 +239,7 @@ def refuse_source_root(path: str | os.PathLike, source: str | os.PathLike, optio
     A folder *inside* the source is allowed: it gets :data:`~imgclust._io.OUTPUT_MARKER`, and the folder walk skips
     such sub-folders, so the next run of the source clusters the same images.
     """
-    if os.path.realpath(path) == os.path.realpath(source):
+    if _inside(path, source, or_below=False):
         raise ImgclustError(f"{option} {path} is the source folder itself", f"choose an {option} folder outside "
                             f"{source}, or a new sub-folder of it (imgclust skips its own output folders)")
 
@@ -247,9 +247,13 @@ def refuse_source_root(path: str | os.PathLike, source: str | os.PathLike, optio
 def refuse_inside_source(path: str | os.PathLike, source: str | os.PathLike, option: str) -> None:
     """ImgclustError when ``path`` is the source folder or lies inside it (used for exports: their links or copies
     of the images would be clustered again, each image twice, by the next run of the source)."""
-    inside = Path(os.path.realpath(path))
-    root = Path(os.path.realpath(source))
-    if inside == root or root in inside.parents:
+    if _inside(path, source, or_below=True):
         raise ImgclustError(f"{option} {path} lies inside the run's source folder {source}: the next run of that "
                             "folder would cluster every exported image a second time",
                             f"choose an {option} folder outside {source}")
+
+
+def _inside(path: str | os.PathLike, folder: str | os.PathLike, or_below: bool) -> bool:
+    """``path`` is ``folder`` (or, with ``or_below``, lies under it), symbolic links resolved."""
+    resolved, root = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    return resolved == root or (or_below and root in resolved.parents)

@@ -10,6 +10,7 @@ import errno
 import os
 import stat
 import warnings
+from typing import BinaryIO
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +126,9 @@ def _open_readonly(path: Path):
             raise _bad(path, "symbolic link loop (following the link leads back to itself)")
         raise _bad(path, f"broken symbolic link (its target {os.readlink(path)} does not exist)")
     try:
-        fh = open(path, "rb", opener=_open_nonblocking)
+        fh = open_regular_file(path)
+    except NotRegularFileError:
+        raise _bad(path, "not a regular file (a pipe, socket or device named like an image)") from None
     except FileNotFoundError:
         raise _bad(path, "file not found (deleted or moved after the folder was scanned?)") from None
     except PermissionError:
@@ -134,9 +137,24 @@ def _open_readonly(path: Path):
         raise _bad(path, "is a folder, not an image file") from None
     except OSError as exc:
         raise _bad(path, f"cannot be opened: {exc.strerror or exc}") from None
+    return fh
+
+
+class NotRegularFileError(OSError):
+    """A pipe, socket or device where a file was expected."""
+
+
+def open_regular_file(path: str | os.PathLike) -> BinaryIO:
+    """``path`` opened for binary reading, only if it is a regular file (NotRegularFileError otherwise).
+
+    Every reader of the user's files goes through here: a pipe or device named like an image would otherwise
+    block a run forever. O_NONBLOCK makes the open itself return at once (regular files ignore it), and the check
+    is made on the opened file, so a file swapped for a pipe after a stat is still caught.
+    """
+    fh = open(path, "rb", opener=_open_nonblocking)
     if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
         fh.close()
-        raise _bad(path, "not a regular file (a pipe, socket or device named like an image)")
+        raise NotRegularFileError(f"{path} is not a regular file")
     return fh
 
 

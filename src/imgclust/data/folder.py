@@ -19,7 +19,7 @@ from .._io import OUTPUT_MARKER
 from ..errors import ImgclustError
 from .arrays import check_labels
 from .base import ImageDataset
-from .decode import DEFAULT_MAX_PIXELS, open_image
+from .decode import DEFAULT_MAX_PIXELS, open_image, open_regular_file
 
 #: File extensions recognised as images (compared case-insensitively).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -111,12 +111,7 @@ _SAMPLE_BYTES = 64 * 1024
 
 def _sampled_digest(path: str, size: int) -> str:
     digest = hashlib.blake2b(digest_size=16)
-    # O_NONBLOCK: should the file have been swapped for a pipe since the stat, opening it must not hang
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    if not S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(f"{path} is not a regular file")
-    with os.fdopen(fd, "rb") as handle:
+    with open_regular_file(path) as handle:
         if size <= 3 * _SAMPLE_BYTES:
             digest.update(handle.read())
         else:

@@ -18,6 +18,7 @@ from ..backbones import DEFAULT_BACKBONE, RANDOM_WEIGHTS, Backbone, check_backbo
 from ..backbones.base import Preprocess
 from ..data.base import EmbeddingDataset, ImageDataset
 from ..errors import ImgclustError
+from ..runfolder import check_output_folder
 from .cache import FeatureSet
 from .encoding import Encoding
 from .engines import check_engine
@@ -179,7 +180,7 @@ class FeatureSource:
         resolve_precision(self.precision, self.torch_device)
         check_engine(self.engine)
         if self.cache_dir is not None:
-            _check_folder(self.cache_dir, "feature cache folder", "--cache-dir")
+            check_output_folder(self.cache_dir, "--cache-dir")
         for spec in self.backbones:
             _check_backbone(spec)
         return self
@@ -312,16 +313,6 @@ def _check_int(what: str, value: Any, minimum: int, option: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ImgclustError(f"{what} must be an integer ≥ {minimum}, got {value!r}",
                             f"pass {option} {max(minimum, 1)} or more")
-
-
-def _check_folder(path: Path, what: str, option: str) -> None:
-    """``path`` may not exist yet, but neither it nor any folder above it may be a file."""
-    for part in (path, *path.parents):
-        if part.exists():
-            if not part.is_dir():
-                raise ImgclustError(f"the {what} {path} cannot be created: {part} is a file",
-                                    f"pass a folder to {option}")
-            return
 
 
 def _check_backbone(spec: BackboneSpec) -> None:
