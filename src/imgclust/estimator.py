@@ -139,7 +139,7 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         if getattr(self, "device_", None) is None:  # encode() may come before fit()
             self.device_ = resolve_device(self.device)
         # Under torchrun every process encodes its share of the shards (extraction is collective).
-        self.encoded_ = self.last_feature_set_ = self.feature_source().encode(dataset, encoder)
+        self.encoded_ = self.feature_source().encode(dataset, encoder)
         if isinstance(dataset, ImageDataset) and self.encoded_.encoding.kind != "pixels":
             self._backbone()
         return self.encoded_.features, self.encoded_.valid_indices, dataset
@@ -251,10 +251,10 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
                                 "pass -k 2 or more, or leave -k out to estimate K")
 
     def _skipped(self, dataset: Any) -> list[dict[str, str]]:
-        feature_set = getattr(self, "last_feature_set_", None)
-        if feature_set is None or isinstance(dataset, EmbeddingDataset):
+        encoded = getattr(self, "encoded_", None)
+        if encoded is None or isinstance(dataset, EmbeddingDataset):
             return []
-        return [{"item": s["item"], "reason": s["reason"]} for s in feature_set.skipped]
+        return [{"item": s["item"], "reason": s["reason"]} for s in encoded.skipped]
 
     def fit_predict(self, X: Any, y: Any = None, **kwargs: Any) -> np.ndarray:
         return self.fit(X, y).labels_

@@ -200,7 +200,7 @@ def duplicates_and_outliers(clusterer: ImageClusterer, timings: dict[str, float]
 def run_info(clusterer: ImageClusterer, settings: dict[str, Any], timings: dict[str, float],
              found: DuplicateReport | None) -> dict[str, Any]:
     valid = clusterer.labels_ >= 0
-    encoded = getattr(clusterer, "last_feature_set_", None)
+    encoded = clusterer.encoded_
     caches = [str(entry.path) for entry in getattr(encoded, "feature_sets", []) if entry.path]
     return {
         "source": settings["source"],
