@@ -116,9 +116,10 @@ def main() -> None:
         mine = [r for r in runs if r["preprocess"] == preprocess]
         if not mine:
             continue
-        row = {"preprocess": preprocess, "runs": len(mine)}
-        for i, point in enumerate(mine[0]["curve"]):
-            row[f"T={point['step']}"] = float(np.mean([r["curve"][i]["acc"] for r in mine]))
+        row = {"preprocess": preprocess, "runs": len(mine), "final": float(np.mean([r["final_acc"] for r in mine]))}
+        longest = max((r["curve"] for r in mine), key=len)
+        for i, point in enumerate(longest):  # a run stopped early keeps its last labels
+            row[f"T={point['step']}"] = float(np.mean([r["curve"][min(i, len(r["curve"]) - 1)]["acc"] for r in mine]))
         for threshold in THRESHOLDS:
             stops = [stop_step(r["curve"], threshold) for r in mine]
             row[f"stop<{threshold:g}"] = float(np.mean([s["acc"] for s in stops]))

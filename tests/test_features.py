@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from imgclust.backbones.base import Preprocess
 from imgclust.data import PathListDataset
 from imgclust.errors import ImgclustError
 from imgclust.features import extract_features

@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import copy_cifar10_subset
 from imgclust import ImageClusterer, run_cluster
 from imgclust.cli import main
 from imgclust.errors import ImgclustError
 from imgclust.run import default_out
-from imgclust.runfolder import LOCK, RunFolder
+from imgclust.runfolder import LOCK
 
 pytestmark = pytest.mark.shared_data
 

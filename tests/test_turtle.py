@@ -148,12 +148,31 @@ def test_two_spaces_each_get_their_own_head(digits) -> None:
     rng = np.random.default_rng(0)
     second = (x @ rng.normal(size=(64, 48)) / 8).astype(np.float32)  # another view of the same images
     both = np.concatenate([x, second], axis=1)
-    result = _fit(both, y, spaces=[64, 48])
+    result = _fit(both, y, spaces=[64, 48], preprocess="raw")  # raw pixels: their own scale suits these tests
     assert result.model.spaces == [(0, 64), (64, 112)]
     assert len(result.model.net.heads) == 2
     assert evaluate(y, result.assignment.labels)["acc"] > 0.5
     with pytest.raises(ImgclustError):
         _fit(both, spaces=[64, 40])
+
+
+def test_several_spaces_are_rescaled_from_unit_norm(digits) -> None:
+    """The run hands several spaces over L2-normalised; at norm 1 the inner classifiers barely fit in 10 steps,
+    so ``auto`` preprocessing scales each row back to ``row_norm`` (one space stays raw, as published)."""
+    x, y = digits
+    rng = np.random.default_rng(0)
+    second = x @ rng.normal(size=(64, 48))
+    unit = [p / np.linalg.norm(p, axis=1, keepdims=True) for p in (x, second)]
+    both = np.concatenate(unit, axis=1).astype(np.float32)
+    options = {**FAST, "outer_steps": 20, "spaces": [64, 48]}
+    rescaled = _fit(both, y, **options)
+    assert rescaled.model.config()["preprocess"] == ["l2", "l2"]
+    inputs = np.concatenate([p.apply(both[:, a:b]) for p, (a, b) in
+                             zip(rescaled.model.preprocessors, rescaled.model.spaces)], axis=1)
+    assert np.allclose(np.linalg.norm(inputs[:, :64], axis=1), 16.0, rtol=1e-4)
+    loaded = TurtleModel.from_state(rescaled.model.state_tensors(), json.loads(json.dumps(rescaled.model.config())))
+    assert np.array_equal(loaded.assign(both).labels, rescaled.assignment.labels)
+    assert _fit(x, **{**FAST, "outer_steps": 2}).model.config()["preprocess"] == ["raw"]
 
 
 def test_bad_options_are_reported(digits) -> None:
