@@ -8,7 +8,8 @@ linear probe / kNN rows, which are the ceiling for these features, not clusterin
     .venv/bin/python benchmarks/quality.py --train-per-class 1000  # 10,000 train images, as in BENCHMARKS.md
     .venv/bin/python benchmarks/quality.py --rows kmeans,probe     # a subset of the rows
 
-Writes ``benchmarks/results/quality.json`` and prints a markdown table (pasted into BENCHMARKS.md).
+Writes ``benchmarks/results/quality.json`` and prints a markdown table (pasted into BENCHMARKS.md). The table of
+every method on every evaluation set (issue 17) is ``quality_table.py``.
 """
 
 from __future__ import annotations
