@@ -56,14 +56,14 @@ def _stratified(labels: np.ndarray, per_class: int) -> np.ndarray:
     return np.sort(keep)
 
 
-def cifar10(per_class: int = PER_CLASS, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
-    """The first ``per_class`` images (sorted file names) of every class of a CIFAR-10 split."""
+def cifar10(per_class: int = PER_CLASS, split: str = "test", skip: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``per_class`` images (sorted file names, after the first ``skip``) of every class of a split."""
     from imgclust.data import PathListDataset
 
     root = require_cifar10()
     paths, labels = [], []
     for c, name in enumerate(CIFAR_CLASSES):
-        files = sorted((root / split / name).glob("*.jpg"))[:per_class]
+        files = sorted((root / split / name).glob("*.jpg"))[skip:skip + per_class]
         paths += [str(p) for p in files]
         labels += [c] * len(files)
     return _extract(PathListDataset(paths)), np.asarray(labels)

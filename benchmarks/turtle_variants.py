@@ -1,0 +1,154 @@
+"""Ideas for TURTLE that are not library options, measured against the library's TURTLE on development data only
+(issue 17: a steadier, better TURTLE on 10 classes). Variants:
+
+- ``default``: the library's TURTLE (``preprocess=auto``, cold start, 1,000 steps).
+- ``warm_start``: the authors' ``--warm_start`` (a library option).
+- ``kmeans_init``: the task encoder starts at the k-means partition: each space's head is the nearest-centroid
+  classifier of the spherical k-means clusters (W_k = a mu_k, b_k = -a |mu_k|^2 / 2, a scaling the logits to unit
+  spread per row), so that TURTLE starts from k-means' labels instead of a random labeling.
+- ``pca<d>``: each space (after the library's preprocessing) centred and projected on its top d principal axes,
+  to cut the inner loop's cost (it is a chain of skinny matrix products linear in the width).
+
+Sets: ``cifar10-train-10k`` (CIFAR-10 *train* rows 1,000-1,999 of every class: K = 10 and N = 10,000 like the
+evaluation target, other images than its fit rows 0-999 and never the test split) and the prefixes of
+``_kfeatures.DEV_SETS``. Runs are written as they finish (``results/<out>.json``).
+
+    OMP_NUM_THREADS=1 python benchmarks/turtle_variants.py --sets cifar10-train-10k --variants default,kmeans_init
+    OMP_NUM_THREADS=1 python benchmarks/turtle_variants.py --sets cifar10-train-6 --variants default,pca256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from unittest import mock
+
+import numpy as np
+import torch
+
+import _kfeatures as kf
+from _common import print_table, save_result
+from turtle_dev import load_set
+
+BACKBONES = "efficientnet_lite0,efficientnet_lite2"
+_TRAIN_10K = "cifar10-train-10k"
+
+
+def load(name: str, backbones: list[str]) -> tuple[str, int, np.ndarray, np.ndarray, list[int]]:
+    if name == _TRAIN_10K:
+        parts, labels = [], None
+        for backbone in backbones:
+            kf.BACKBONE = backbone
+            x, labels = kf.cifar10(1000, split="train", skip=1000)
+            parts.append(x)
+        return name, 10, np.concatenate(parts, axis=1), labels, [p.shape[1] for p in parts]
+    full = next(n for n in kf.DEV_SETS if n.startswith(name))
+    return (full, *load_set(full, backbones))
+
+
+def _spaces(widths: list[int]) -> list[tuple[int, int]]:
+    bounds = np.concatenate([[0], np.cumsum(widths)])
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def pca_spaces(x: np.ndarray, widths: list[int], dim: int) -> tuple[np.ndarray, list[int]]:
+    """The library's preprocessing of each space (``auto``), then centred and projected on its top ``dim`` axes."""
+    from imgclust.methods.turtle import SpacePreprocessor
+
+    kind = "raw" if len(widths) == 1 else "l2"
+    out = []
+    for a, b in _spaces(widths):
+        z = SpacePreprocessor.fit(x[:, a:b], kind, 16.0).apply(x[:, a:b]).astype(np.float64)
+        z -= z.mean(0)
+        _, vectors = np.linalg.eigh(z.T @ z)
+        out.append((z @ vectors[:, ::-1][:, :dim]).astype(np.float32))
+    return np.concatenate(out, axis=1), [dim] * len(widths)
+
+
+def kmeans_init_turtle(x: np.ndarray, widths: list[int], k: int, seed: int) -> type:
+    """A ``Turtle`` whose heads start as the nearest-centroid classifier of spherical k-means' clusters."""
+    from imgclust.methods import turtle
+    from imgclust.methods.kmeans import kmeans
+
+    spaces = _spaces(widths)
+    unit = np.concatenate([x[:, a:b] / np.linalg.norm(x[:, a:b], axis=1, keepdims=True) for a, b in spaces], 1)
+    labels = torch.from_numpy(np.asarray(kmeans(unit, k, seed=seed).labels))
+    kind = "raw" if len(spaces) == 1 else "l2"
+    z = torch.from_numpy(np.concatenate([turtle.SpacePreprocessor.fit(x[:, a:b], kind, 16.0).apply(x[:, a:b])
+                                         for a, b in spaces], 1)).double()
+
+    class KMeansInitTurtle(turtle.Turtle):
+        def build_model(self, spec):
+            net = super().build_model(spec)
+            with torch.no_grad():
+                for head, (a, b) in zip(net.heads, spaces):
+                    means = torch.stack([z[labels == c, a:b].mean(0) for c in range(k)])
+                    bias = -(means * means).sum(1) / 2
+                    scale = 1.0 / float((z[:, a:b] @ means.T + bias).std(1).mean())
+                    head.direction.copy_(means * scale)
+                    head.scale.copy_((means * scale).norm(dim=1, keepdim=True))
+                    head.bias.copy_(bias * scale)
+            return net
+
+    return KMeansInitTurtle
+
+
+def run(variant: str, name: str, k: int, x: np.ndarray, y: np.ndarray, widths: list[int], seed: int,
+        outer_steps: int) -> dict:
+    from imgclust.methods import turtle
+    from imgclust.methods.base import FitContext
+    from imgclust.metrics import evaluate
+
+    options: dict = {"outer_steps": outer_steps, "stop_change": 0, "spaces": widths}
+    method_class = turtle.Turtle
+    if variant == "warm_start":
+        options["warm_start"] = True
+    elif variant == "kmeans_init":
+        method_class = kmeans_init_turtle(x, widths, k, seed)
+    elif variant.startswith("pca"):
+        x, options["spaces"] = pca_spaces(x, widths, int(variant[3:]))
+        options["preprocess"] = "raw"
+    elif variant != "default":
+        raise SystemExit(f"unknown variant {variant}")
+    started = time.perf_counter()
+    with mock.patch.object(turtle, "Turtle", method_class):
+        result = turtle.fit_turtle(FitContext(features=x, n_clusters=k, seed=seed, labels=y, options=options))
+    curve = [{"step": h["epoch"] + 1, "acc": h.get("acc"), "change": h.get("assignment_change"),
+              "objective": h["selection_score"]} for h in result.info["history"] if "selection_score" in h]
+    return {"variant": variant, "set": name, "k": k, "n": len(x), "seed": seed,
+            "seconds": round(time.perf_counter() - started, 1),
+            "final_acc": float(evaluate(y, result.assignment.labels)["acc"]), "curve": curve}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", default=_TRAIN_10K, help=f"{_TRAIN_10K} and/or prefixes of DEV_SETS names")
+    parser.add_argument("--variants", default="default,warm_start,kmeans_init,pca256")
+    parser.add_argument("--backbones", default=BACKBONES)
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--outer-steps", type=int, default=1000)
+    parser.add_argument("--out", default="turtle_variants")
+    args = parser.parse_args()
+    backbones = args.backbones.split(",")
+    runs = []
+    for set_name in args.sets.split(","):
+        name, k, x, y, widths = load(set_name, backbones)
+        for variant in args.variants.split(","):
+            for seed in (int(s) for s in args.seeds.split(",")):
+                r = run(variant, name, k, x, y, widths, seed, args.outer_steps)
+                runs.append(r)
+                print(variant, name, seed, f"acc {r['final_acc']:.4f}", f"{r['seconds']} s", flush=True)
+                save_result(args.out, {"backbones": backbones, "runs": runs, "partial": True})
+    rows = [{"variant": v, "set": s, "seeds": len(mine), "final ACC": float(np.mean([r["final_acc"] for r in mine])),
+             "per seed": " / ".join(f"{r['final_acc']:.3f}" for r in mine),
+             "s per run": float(np.mean([r["seconds"] for r in mine]))}
+            for v in dict.fromkeys(r["variant"] for r in runs) for s in dict.fromkeys(r["set"] for r in runs)
+            if (mine := [r for r in runs if r["variant"] == v and r["set"] == s])]
+    table = print_table(rows, ["variant", "set", "seeds", "final ACC", "per seed", "s per run"])
+    print(json.dumps({"wrote": str(save_result(args.out, {"backbones": backbones, "runs": runs, "summary": rows,
+                                                           "table": table}))}))
+
+
+if __name__ == "__main__":
+    main()
