@@ -3,11 +3,12 @@
 In one run, on the same images, repeats interleaved (engine by engine, repeat by repeat) so machine noise hits
 all alike:
   * input pipeline, per image on one core: decode, resize/crop, batch collation, normalisation; and the
-    loader alone (DataLoader workers, no forward pass) in images/s, to compare with the forward passes;
+    loader alone (no forward pass) in images/s with DataLoader processes and with decoding threads;
   * bare forward pass of each engine on tensors decoded and normalised beforehand (torch float32
     channels-last, as extraction runs it; torch NCHW, the path before channels-last; onnxruntime; openvino);
   * full extraction (decode + preprocess + forward + cache write, through ``extract_features``) per engine
-    (torch float32 = today's path, onnxruntime, openvino, auto; torch bfloat16 only on CPUs with bfloat16
+    (torch float32 with decoding processes = the path before the engines, onnxruntime, openvino, auto with
+    decoding processes = before the decoding threads, auto; torch bfloat16 only on CPUs with bfloat16
     instructions, elsewhere it is emulated and ~20x slower) on both kinds of JPEG,
     with the ONNX export already cached (its one-time cost is reported on its own);
   * per engine: the least cosine of its features to torch float32, and the ACC of k-means (K = 10) on them.
@@ -49,10 +50,13 @@ from imgclust.metrics import cluster_accuracy  # noqa: E402
 
 BIG_SIZE = (4000, 3000)  # 12 megapixels
 BIG_QUALITY = 90
-# (label, engine, precision) of the full extractions; the first is the reference (today's float32 path).
-FULL_RUNS = [("torch float32 (today)", "torch", "float32"), ("torch bfloat16", "torch", "bfloat16"),
-             ("onnxruntime", "onnxruntime", "float32"), ("openvino", "openvino", "float32"),
-             ("auto", "auto", "float32")]
+# (label, engine, precision, decoding): "processes" = DataLoader processes, one per spare core (the path before
+# 2026-12-05's change); None = --workers (default: the library's, on a CPU one decoding thread per core between
+# forward passes). The first row is the reference ("before") of the x_before column.
+FULL_RUNS = [("torch float32, decoding processes (before)", "torch", "float32", "processes"),
+             ("torch bfloat16", "torch", "bfloat16", None),
+             ("onnxruntime", "onnxruntime", "float32", None), ("openvino", "openvino", "float32", None),
+             ("auto, decoding processes", "auto", "float32", "processes"), ("auto", "auto", "float32", None)]
 
 
 def main() -> None:
@@ -113,8 +117,9 @@ def main() -> None:
             for name, run in bare_engine_objects.items():
                 bare[name].append(_bare_rate(run, batches))
             for set_name, (dataset, _) in sets.items():
-                for label, engine, precision in full_runs:
-                    rate, result = _full_rate(dataset, backbone, engine, precision, export_root, work, args)
+                for label, engine, precision, decoding in full_runs:
+                    workers = default_num_workers() if decoding == "processes" else args.workers
+                    rate, result = _full_rate(dataset, backbone, engine, precision, workers, export_root, work, args)
                     full.setdefault((set_name, label), []).append(rate)
                     features[(set_name, label)] = result
             print(f"repeat {repeat + 1}/{args.repeats} done (load {os.getloadavg()[0]:.1f})", flush=True)
@@ -125,28 +130,29 @@ def main() -> None:
         reference_bare = bare_median["torch float32 channels-last"]
         bare_rows = [{"engine": name, "images_per_s": rate, "x_torch_float32": rate / reference_bare}
                      for name, rate in bare_median.items()]
-        engine_of_bare = {"torch float32 (today)": "torch float32 channels-last", "onnxruntime": "onnxruntime",
-                          "openvino": "openvino", "auto": _bare_name(auto_engine.name)}
+        engine_of_bare = {FULL_RUNS[0][0]: "torch float32 channels-last", "onnxruntime": "onnxruntime",
+                          "openvino": "openvino", "auto": _bare_name(auto_engine.name),
+                          "auto, decoding processes": _bare_name(auto_engine.name)}
         full_rows = []
         for (set_name, label), rates in full.items():
             dataset, labels = sets[set_name]
             rate = statistics.median(rates)
             reference = features[(set_name, FULL_RUNS[0][0])]
             mine = features[(set_name, label)]
-            today = statistics.median(full[(set_name, FULL_RUNS[0][0])])
+            before = statistics.median(full[(set_name, FULL_RUNS[0][0])])
             acc = _kmeans_acc(mine, labels)
             bare_name = engine_of_bare.get(label)
             full_rows.append({
-                "images": set_name, "engine": label, "full_images_per_s": rate, "x_today": rate / today,
+                "images": set_name, "engine": label, "full_images_per_s": rate, "x_before": rate / before,
                 "full_over_bare": rate / bare_median[bare_name] if bare_name in bare_median else None,
                 "min_cosine_to_float32": engines.min_cosine(mine, reference),
                 "kmeans_acc": acc, "acc_minus_float32": acc - _kmeans_acc(reference, labels)})
         print("\nbare forward pass (pre-decoded, normalised CIFAR-10 tensors)")
         bare_table = print_table(bare_rows, ["engine", "images_per_s", "x_torch_float32"])
         print("\nfull extraction (decode + preprocess + forward + cache write)")
-        full_table = print_table(full_rows, ["images", "engine", "full_images_per_s", "x_today", "full_over_bare",
+        full_table = print_table(full_rows, ["images", "engine", "full_images_per_s", "x_before", "full_over_bare",
                                              "min_cosine_to_float32", "kmeans_acc", "acc_minus_float32"])
-        print("\ninput pipeline (one core, ms per image; loader: images/s with the default workers)")
+        print("\ninput pipeline (one core, ms per image; loader: images/s)")
         pipeline_table = print_table(pipeline, ["images", "stage", "value", "unit"])
         print(f"\nauto chose {auto_engine.name}; export + one-time check took {export_seconds:.1f} s")
 
@@ -233,14 +239,14 @@ def _bare_rate(run: Callable[[torch.Tensor], np.ndarray], batches: list[torch.Te
     return sum(len(x) for x in batches) / (time.perf_counter() - started)
 
 
-def _full_rate(dataset: PathListDataset, backbone: Any, engine: str, precision: str, export_root: Path,
-               work: Path, args: argparse.Namespace) -> tuple[float, np.ndarray]:
+def _full_rate(dataset: PathListDataset, backbone: Any, engine: str, precision: str, workers: int | None,
+               export_root: Path, work: Path, args: argparse.Namespace) -> tuple[float, np.ndarray]:
     """images/s of one full extraction into a fresh cache that holds the export already (as after a first run)."""
     cache = work / f"cache-{time.monotonic_ns()}"
     shutil.copytree(export_root / "onnx", cache / "onnx")
     started = time.perf_counter()
     result = extract_features(dataset, backbone, cache_dir=cache, precision=precision, engine=engine,
-                              batch_size=args.batch_size, num_workers=args.workers, progress=False)
+                              batch_size=args.batch_size, num_workers=workers, progress=False)
     rate = len(dataset) / (time.perf_counter() - started)
     used = result.manifest.get("engine")
     if engine != "auto" and used != engine:
@@ -256,7 +262,8 @@ def _kmeans_acc(features: np.ndarray, labels: np.ndarray) -> float:
 
 def _pipeline_rows(sets: dict[str, tuple[PathListDataset, np.ndarray]], backbone: Any, batch_size: int,
                    workers: int | None) -> list[dict[str, Any]]:
-    """Per-image cost of each input stage on one core, and the loader's rate with the default workers."""
+    """Per-image cost of each input stage on one core, and the loader's rate with decoding processes (one per
+    spare core, or ``workers``) and with one decoding thread per core."""
     threads = torch.get_num_threads()
     rows: list[dict[str, Any]] = []
     for set_name, (dataset, _) in sets.items():
@@ -274,12 +281,17 @@ def _pipeline_rows(sets: dict[str, tuple[PathListDataset, np.ndarray]], backbone
         scale = 1 / (255 * torch.tensor(pre.std).view(1, 3, 1, 1))
         shift = -torch.tensor(pre.mean).view(1, 3, 1, 1) / torch.tensor(pre.std).view(1, 3, 1, 1)
         in_place = _ms_per_item(lambda _: batch.float().mul_(scale).add_(shift), [0] * 5) / len(batch)
-        started = time.perf_counter()
-        n = 0
-        for indices, _, failures in iter_decoded(dataset, range(len(dataset)), backbone.preprocess.to_uint8_tensor,
-                                                 batch_size, default_num_workers() if workers is None else workers):
-            n += len(indices) + len(failures)
-        loader = n / (time.perf_counter() - started)
+        loaders = {}
+        for label, processes, decode_threads in [
+                (f"loader alone (decode+resize+collate), {default_num_workers() if workers is None else workers} "
+                 "decoding processes", default_num_workers() if workers is None else workers, 0),
+                (f"loader alone (decode+resize+collate), {threads} decoding threads", 0, threads)]:
+            started = time.perf_counter()
+            n = 0
+            for indices, _, failures in iter_decoded(dataset, range(len(dataset)), backbone.preprocess.to_uint8_tensor,
+                                                     batch_size, processes, decode_threads=decode_threads):
+                n += len(indices) + len(failures)
+            loaders[label] = n / (time.perf_counter() - started)
         rows += [{"images": set_name, "stage": "decode (draft for 224 px)", "value": decode, "unit": "ms/img"},
                  {"images": set_name, "stage": "resize + crop + to uint8 tensor", "value": resize, "unit": "ms/img"},
                  {"images": set_name, "stage": f"collate (stack of {batch_size})", "value": collate,
@@ -288,8 +300,8 @@ def _pipeline_rows(sets: dict[str, tuple[PathListDataset, np.ndarray]], backbone
                   "unit": "ms/img"},
                  {"images": set_name, "stage": f"normalise in place, x*scale+shift ({threads} threads)",
                   "value": in_place, "unit": "ms/img"},
-                 {"images": set_name, "stage": "loader alone (decode+resize+collate, default workers)",
-                  "value": loader, "unit": "img/s"}]
+                 *({"images": set_name, "stage": label, "value": rate, "unit": "img/s"}
+                   for label, rate in loaders.items())]
     return rows
 
 

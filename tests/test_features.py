@@ -100,6 +100,22 @@ def test_bad_files_skipped_and_listed(tmp_path: Path, cifar_paths: list[str]) ->
     assert result.features.shape == (10, 8)
 
 
+def test_cpu_default_decodes_in_threads_with_the_same_result_as_processes(tmp_path: Path, cifar_paths: list[str]
+                                                                          ) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    dataset = PathListDataset(cifar_paths[:7] + [str(broken)] + cifar_paths[7:])
+    threads = extract_features(dataset, _tiny_backbone(), cache_dir=tmp_path / "threads", progress=False,
+                               batch_size=5, shard_size=8)
+    processes = extract_features(dataset, _tiny_backbone(), cache_dir=tmp_path / "processes", num_workers=1,
+                                 progress=False, batch_size=5, shard_size=8)
+    assert threads.manifest["decode_threads"] == torch.get_num_threads() and "num_workers" not in threads.manifest
+    assert processes.manifest["num_workers"] == 1 and "decode_threads" not in processes.manifest
+    assert threads.valid_indices.tolist() == processes.valid_indices.tolist() == [i for i in range(len(dataset)) if i != 7]
+    assert [s["item"] for s in threads.skipped] == [s["item"] for s in processes.skipped] == [str(broken)]
+    np.testing.assert_array_equal(np.asarray(threads.features), np.asarray(processes.features))
+
+
 def test_augmented_views_are_separate_deterministic_entries(tmp_path: Path, cifar_paths: list[str]) -> None:
     dataset = PathListDataset(cifar_paths[:20])
 

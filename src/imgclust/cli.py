@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="inference engine of feature extraction: auto (on a CPU the fastest installed engine "
                               "that gives PyTorch's float32 features, checked once per backbone; PyTorch on a GPU), "
                               "torch, onnxruntime, openvino")
-    cluster.add_argument("--workers", type=int, default=None, help="image decoding processes")
+    cluster.add_argument("--workers", type=int, default=None, help="image decoding processes "
+                         "(default: on a CPU, one thread per core between forward passes; on a GPU, one per spare core)")
     cluster.add_argument("--cache-dir", help="feature cache folder (default ~/.cache/imgclust/features)")
     cluster.add_argument("--shard-size", type=int, default=2048,
                          help="images per feature-cache shard: the unit a killed extraction resumes from, and "

@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -74,11 +75,22 @@ def _worker_init(_: int) -> None:
 
 
 def iter_decoded(dataset: ImageDataset, rows: range, to_tensor: Callable[[Any], torch.Tensor], batch_size: int,
-                 num_workers: int, pin_memory: bool = False
+                 num_workers: int, pin_memory: bool = False, decode_threads: int = 0
                  ) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]]:
-    """Batches ``(row indices, uint8 (B,3,S,S) or None, [(row, reason) of undecodable rows])`` of ``rows``."""
-    loader = DataLoader(_DecodedImages(dataset, rows, to_tensor), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=_collate, worker_init_fn=_worker_init, pin_memory=pin_memory)
+    """Batches ``(row indices, uint8 (B,3,S,S) or None, [(row, reason) of undecodable rows])`` of ``rows``.
+
+    Decoded by ``num_workers`` DataLoader processes that run ahead of the consumer, or, with ``decode_threads``
+    > 0, by that many threads of this process, one batch when the consumer asks for it (nothing runs beside the
+    consumer's own work). Every image opens its own file, so decoding is thread-safe; Pillow releases the GIL.
+    """
+    images = _DecodedImages(dataset, rows, to_tensor)
+    if decode_threads > 0:
+        with ThreadPoolExecutor(decode_threads, thread_name_prefix="imgclust-decode") as pool:
+            for start in range(0, len(images), batch_size):
+                yield _collate(list(pool.map(images.__getitem__, range(start, min(start + batch_size, len(images))))))
+        return
+    loader = DataLoader(images, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate,
+                        worker_init_fn=_worker_init, pin_memory=pin_memory)
     yield from loader
 
 
@@ -141,7 +153,9 @@ def extract_features(
         cache_dir: cache root (default :func:`default_cache_dir`); ``use_cache=False`` keeps nothing.
         device: where normalisation, augmentation and the forward pass run.
         batch_size: images per forward pass.
-        num_workers: decoding processes (default one per spare core); 0 decodes in this process.
+        num_workers: decoding processes, which run ahead of the forward pass; 0 decodes in this process.
+            Default: on a CPU, each batch decoded by one thread per core between two forward passes (the forward
+            pass uses every core itself); on a GPU, one process per spare core.
         encoder: a module mapping normalised images (N,3,S,S) to any (N,*shape); e.g. a backbone trunk.
         encoder_id: names ``encoder`` in the cache identity (e.g. ``"trunk-3"``).
         augment: batched augmentation applied on the device to images in [0,1] before normalisation,
@@ -246,6 +260,11 @@ class ShardEncoder:
         self.device, self.precision, self.engine_name, self.export_root = device, precision, engine, export_root
         self.augment, self.batch_size, self.dtype, self.n_images = augment, batch_size, dtype, n_images
         self.workers = default_num_workers() if num_workers is None else num_workers
+        # On a CPU the forward pass keeps every core busy, and decoding processes beside it take cores from it:
+        # by default each batch is decoded on all cores between two forward passes instead (2-core EPYC, ONNX
+        # Runtime, 12-MP JPEGs: 64 images/s against 43 with one decoding process; CIFAR JPEGs: the same 128).
+        # On a GPU the processes decode while the GPU computes.
+        self.decode_threads = torch.get_num_threads() if num_workers is None and device.type == "cpu" else 0
         preprocess = backbone.preprocess
         self.mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)
@@ -261,7 +280,7 @@ class ShardEncoder:
         """``(features, valid rows, {"index", "item", "reason"} of undecodable rows)`` of ``rows``;
         ``on_rows(n)`` is called after each batch of n rows (progress)."""
         loader = iter_decoded(self.dataset, rows, self.backbone.preprocess.to_uint8_tensor, self.batch_size,
-                              self.workers, pin_memory=self.device.type == "cuda")
+                              self.workers, pin_memory=self.device.type == "cuda", decode_threads=self.decode_threads)
         parts: list[np.ndarray] = []
         valid: list[int] = []
         bad: list[dict[str, Any]] = []
@@ -295,7 +314,8 @@ class ShardEncoder:
     def manifest(self) -> dict[str, Any]:
         """How the features were computed (for the cache manifest)."""
         return {"device": str(self.device), "engine": getattr(self.engine, "name", None),
-                "batch_size": self.batch_size, "num_workers": self.workers, "world_size": dist.world_size()}
+                "batch_size": self.batch_size, "world_size": dist.world_size(),
+                **({"decode_threads": self.decode_threads} if self.decode_threads else {"num_workers": self.workers})}
 
     def _output_shape(self) -> tuple[int, ...]:
         """Shape of one encoded image, for shards in which no image decoded."""

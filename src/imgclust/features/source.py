@@ -98,7 +98,8 @@ class FeatureSource:
         engine: the inference engine of the forward pass (:data:`~imgclust.features.engines.ENGINES`).
         cache_dir: the feature cache root (``None``: ``~/.cache/imgclust/features``).
         batch_size: images per forward pass.
-        num_workers: decoding processes (``None``: one per spare core; 0: decode in this process).
+        num_workers: decoding processes (0: decode in this process; ``None``: on a CPU each batch is decoded by
+            one thread per core between forward passes, on a GPU by one process per spare core).
         shard_size: images per cache shard (the unit of resume and of sharing work under torchrun).
         progress: show progress bars (on the main process only).
     """
