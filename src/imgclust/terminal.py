@@ -95,7 +95,7 @@ def format_summary(result: Any, with_curve: bool = True) -> str:
     if clusterer.method == "kmeans":  # the fast default; the quality table says what the slower methods gain
         second = " --backbone efficientnet_lite0,efficientnet_lite2" if clusterer.backbone == "efficientnet_lite0" else ""
         lines.append(f"  better:  -k {k} --method turtle{second}")
-        lines.append("           (beat k-means on every set of BENCHMARKS.md's quality table, +0.01 to +0.20 ACC; "
+        lines.append("           (beat k-means on every set of BENCHMARKS.md's quality table, +0.01 to +0.18 ACC; "
                      "takes minutes)")
     return "\n".join(lines)
 
