@@ -282,14 +282,14 @@ def _pipeline_rows(sets: dict[str, tuple[PathListDataset, np.ndarray]], backbone
         shift = -torch.tensor(pre.mean).view(1, 3, 1, 1) / torch.tensor(pre.std).view(1, 3, 1, 1)
         in_place = _ms_per_item(lambda _: batch.float().mul_(scale).add_(shift), [0] * 5) / len(batch)
         loaders = {}
-        for label, processes, decode_threads in [
-                (f"loader alone (decode+resize+collate), {default_num_workers() if workers is None else workers} "
-                 "decoding processes", default_num_workers() if workers is None else workers, 0),
+        processes = default_num_workers() if workers is None else workers
+        for label, n_processes, decode_threads in [
+                (f"loader alone (decode+resize+collate), {processes} decoding processes", processes, 0),
                 (f"loader alone (decode+resize+collate), {threads} decoding threads", 0, threads)]:
             started = time.perf_counter()
             n = 0
             for indices, _, failures in iter_decoded(dataset, range(len(dataset)), backbone.preprocess.to_uint8_tensor,
-                                                     batch_size, processes, decode_threads=decode_threads):
+                                                     batch_size, n_processes, decode_threads=decode_threads):
                 n += len(indices) + len(failures)
             loaders[label] = n / (time.perf_counter() - started)
         rows += [{"images": set_name, "stage": "decode (draft for 224 px)", "value": decode, "unit": "ms/img"},

@@ -47,19 +47,19 @@ def load(name: str, backbones: list[str]) -> tuple[str, int, np.ndarray, np.ndar
     return (full, *load_set(full, backbones))
 
 
-def _spaces(widths: list[int]) -> list[tuple[int, int]]:
-    bounds = np.concatenate([[0], np.cumsum(widths)])
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+def preprocessed_spaces(x: np.ndarray, widths: list[int]) -> list[np.ndarray]:
+    """Each space as the library's TURTLE sees it (``preprocess=auto``)."""
+    from imgclust.methods.turtle import fit_preprocessors, normalize_spaces
+
+    spaces = normalize_spaces(widths, x.shape[1])
+    return [p.apply(x[:, a:b]) for p, (a, b) in zip(fit_preprocessors(x, spaces), spaces)]
 
 
 def pca_spaces(x: np.ndarray, widths: list[int], dim: int) -> tuple[np.ndarray, list[int]]:
     """The library's preprocessing of each space (``auto``), then centred and projected on its top ``dim`` axes."""
-    from imgclust.methods.turtle import SpacePreprocessor
-
-    kind = "raw" if len(widths) == 1 else "l2"
     out = []
-    for a, b in _spaces(widths):
-        z = SpacePreprocessor.fit(x[:, a:b], kind, 16.0).apply(x[:, a:b]).astype(np.float64)
+    for z in preprocessed_spaces(x, widths):
+        z = z.astype(np.float64)
         z -= z.mean(0)
         _, vectors = np.linalg.eigh(z.T @ z)
         out.append((z @ vectors[:, ::-1][:, :dim]).astype(np.float32))
@@ -71,12 +71,10 @@ def kmeans_init_turtle(x: np.ndarray, widths: list[int], k: int, seed: int) -> t
     from imgclust.methods import turtle
     from imgclust.methods.kmeans import kmeans
 
-    spaces = _spaces(widths)
+    spaces = turtle.normalize_spaces(widths, x.shape[1])
     unit = np.concatenate([x[:, a:b] / np.linalg.norm(x[:, a:b], axis=1, keepdims=True) for a, b in spaces], 1)
     labels = torch.from_numpy(np.asarray(kmeans(unit, k, seed=seed).labels))
-    kind = "raw" if len(spaces) == 1 else "l2"
-    z = torch.from_numpy(np.concatenate([turtle.SpacePreprocessor.fit(x[:, a:b], kind, 16.0).apply(x[:, a:b])
-                                         for a, b in spaces], 1)).double()
+    z = torch.from_numpy(np.concatenate(preprocessed_spaces(x, widths), 1)).double()
 
     class KMeansInitTurtle(turtle.Turtle):
         def build_model(self, spec):

@@ -259,12 +259,14 @@ class ShardEncoder:
         self.dataset, self.backbone, self.encoder_id = dataset, backbone, encoder_id
         self.device, self.precision, self.engine_name, self.export_root = device, precision, engine, export_root
         self.augment, self.batch_size, self.dtype, self.n_images = augment, batch_size, dtype, n_images
-        self.workers = default_num_workers() if num_workers is None else num_workers
         # On a CPU the forward pass keeps every core busy, and decoding processes beside it take cores from it:
         # by default each batch is decoded on all cores between two forward passes instead (2-core EPYC, ONNX
         # Runtime, 12-MP JPEGs: 64 images/s against 43 with one decoding process; CIFAR JPEGs: the same 128).
         # On a GPU the processes decode while the GPU computes.
-        self.decode_threads = torch.get_num_threads() if num_workers is None and device.type == "cpu" else 0
+        if num_workers is None and device.type == "cpu":
+            self.workers, self.decode_threads = 0, torch.get_num_threads()
+        else:
+            self.workers, self.decode_threads = default_num_workers() if num_workers is None else num_workers, 0
         preprocess = backbone.preprocess
         self.mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)

@@ -49,6 +49,7 @@ __all__ = [
     "TurtleNet",
     "TurtleModel",
     "SpacePreprocessor",
+    "fit_preprocessors",
     "fit_turtle",
     "task_distribution",
     "inner_loss",
@@ -165,6 +166,13 @@ class SpacePreprocessor:
         if self.projection is not None:
             x = x @ self.projection
         return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def fit_preprocessors(x: np.ndarray, spaces: Sequence[tuple[int, int]], preprocess: str = "auto",
+                      row_norm: float = DEFAULT_ROW_NORM) -> list[SpacePreprocessor]:
+    """One fitted :class:`SpacePreprocessor` per space; ``auto`` = ``raw`` for one space, ``l2`` for several."""
+    kind = preprocess if preprocess != "auto" else "raw" if len(spaces) == 1 else "l2"
+    return [SpacePreprocessor.fit(x[:, a:b], kind, row_norm) for a, b in spaces]
 
 
 def _preprocess(x: np.ndarray, spaces: list[tuple[int, int]], preprocessors: list[SpacePreprocessor]) -> np.ndarray:
@@ -538,8 +546,7 @@ def fit_turtle(context: FitContext) -> FitResult:
         raise ImgclustError(f"TURTLE needs at least K={context.n_clusters} rows, got {n}", "give more images or a smaller K")
     spaces = _resolve_spaces(context, method_options.pop("spaces"), features.shape[1])
     config = TurtleConfig(n_clusters=context.n_clusters, spaces=[b - a for a, b in spaces], **method_options)
-    kind = config.preprocess if config.preprocess != "auto" else "raw" if len(spaces) == 1 else "l2"
-    preprocessors = [SpacePreprocessor.fit(features[:, a:b], kind, config.row_norm) for a, b in spaces]
+    preprocessors = fit_preprocessors(features, spaces, config.preprocess, config.row_norm)
     inputs = TrainInputs.from_features(_preprocess(features, spaces, preprocessors), labels=context.labels)
     batch_size = min(int(opts["train"]["batch_size"]), n)
     method = Turtle(config, spaces, steps_per_epoch=n // batch_size)
