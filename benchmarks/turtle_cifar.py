@@ -6,6 +6,8 @@ the development sets by ``turtle_dev.py``, never here).
 
     python benchmarks/turtle_cifar.py                       # the setting: 10,000 train / 10,000 test
     python benchmarks/turtle_cifar.py --per-class 300 --test-per-class 300
+    python benchmarks/turtle_cifar.py --per-class 5000 --test-per-class 1000 --rows Lite0+Lite2 \
+        --out turtle_cifar_full_Lite0_Lite2                # the full split: 50,000 train / 10,000 test
     # one (row, seed) per process, then one table from the parts:
     python benchmarks/turtle_cifar.py --rows Lite0 --seeds 0 --out turtle_cifar_part_lite0_0 ...
     python benchmarks/turtle_cifar.py --merge turtle_cifar_part_lite0_0 turtle_cifar_part_lite0_1 ...
@@ -133,11 +135,15 @@ def main() -> None:
                 runs.append(run)
                 print(row, method, seed, f"test acc {run['test']['acc']:.3f}", f"train acc {run['train']['acc']:.3f}",
                       f"{seconds:.0f}s", info.get("outer_steps_done", ""), flush=True)
+                # saved after every run: a long run stopped early still leaves the finished ones
+                path = save_result(args.out, {"per_class": args.per_class, "test_per_class": args.test_per_class,
+                                              "seeds": seeds, "options": options, "rows": summarise(runs),
+                                              "runs": runs, "partial": True, "targets": TARGETS})
     rows = summarise(runs)
     table = print_table(rows, list(rows[0]))
     path = save_result(args.out, {"per_class": args.per_class, "test_per_class": args.test_per_class,
-                                        "seeds": seeds, "options": options, "rows": rows, "runs": runs,
-                                        "table": table, "targets": TARGETS})
+                                  "seeds": seeds, "options": options, "rows": rows, "runs": runs,
+                                  "table": table, "targets": TARGETS})
     print("wrote", path)
 
 

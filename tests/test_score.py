@@ -91,8 +91,8 @@ def test_each_space_is_scored_and_averaged(digits):
     assert score.kappa == pytest.approx(np.mean(score.per_space))
 
 
-@pytest.mark.parametrize("classifier", ["logistic", "ridge"])
-def test_both_classifiers_rank_planted_over_random(digits, classifier):
+@pytest.mark.parametrize("classifier", ["logistic", "ridge", "knn"])
+def test_every_classifier_ranks_planted_over_random(digits, classifier):
     x, y = digits
     assert partition_score(x, y, classifier=classifier).kappa > 0.8
     assert abs(partition_score(x, np.random.default_rng(0).permutation(y), classifier=classifier).kappa) < 0.1

@@ -9,7 +9,10 @@ the rest by a linear classifier; an arbitrary one cannot. The score is computed 
    L2-normalised, centred and projected to ``pca_dim`` principal components (fitted on the scored rows, without
    the partition: no label leaks across folds);
 2. a linear classifier is trained on ``n_folds - 1`` folds of the partition and predicts the held-out fold
-   (stratified folds, seeded); every row gets one held-out prediction;
+   (stratified folds, seeded); every row gets one held-out prediction. By default it is a least-squares
+   (ridge) classifier on one-hot targets: on the development sets it picked the more accurate of k-means', TURTLE's
+   and ICBPL's partitions almost always, where a logistic regression favoured TURTLE's (whose objective is the
+   logistic separability itself) even where ICBPL's was better (``benchmarks/score_validation.py``);
 3. Cohen's kappa of the held-out predictions against the partition, ``(p_o - p_e) / (1 - p_e)``: 0 for a
    partition no better learnt than chance (a random relabelling, at any K), 1 for one learnt perfectly. Raw
    accuracy is not comparable across K (fewer, larger clusters are easier to predict), which kappa corrects.
@@ -34,11 +37,13 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, RidgeClassifier
 from sklearn.metrics import cohen_kappa_score
 from sklearn.model_selection import StratifiedKFold
+from sklearn.neighbors import KNeighborsClassifier
 from threadpoolctl import threadpool_limits
 
 from .errors import ImgclustError
 
-CLASSIFIERS = ("logistic", "ridge")
+CLASSIFIERS = ("logistic", "ridge", "knn")
+DEFAULT_CLASSIFIER = "ridge"
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,8 @@ class PartitionScore:
 
 def partition_score(features: np.ndarray, labels: np.ndarray, spaces: Sequence[tuple[int, int]] | None = None,
                     n_folds: int = 5, seed: int = 0, max_samples: int = 5000, pca_dim: int = 128,
-                    classifier: str = "logistic", regularization: float = 1.0) -> PartitionScore:
+                    classifier: str = DEFAULT_CLASSIFIER, regularization: float = 1.0, n_neighbors: int = 10
+                    ) -> PartitionScore:
     """Label-free quality of the partition ``labels`` of ``features`` (see the module docstring).
 
     Args:
@@ -85,9 +91,12 @@ def partition_score(features: np.ndarray, labels: np.ndarray, spaces: Sequence[t
         seed: seed of the subsample, the folds and the PCA: the score is a deterministic function of it.
         max_samples: rows scored at most (a seeded random subsample past it).
         pca_dim: principal components kept per space (fewer when the space or the sample is smaller).
-        classifier: ``"logistic"`` (multinomial logistic regression, inverse regularisation ``regularization``)
-            or ``"ridge"`` (least squares on one-hot targets, penalty ``regularization``).
-        regularization: the classifier's ``C`` (logistic) or ``alpha`` (ridge).
+        classifier: ``"ridge"`` (least squares on one-hot targets, penalty ``regularization``; the default),
+            ``"logistic"`` (multinomial logistic regression, inverse regularisation ``regularization``) or
+            ``"knn"`` (majority vote of the ``n_neighbors`` nearest training rows by cosine: a partition that
+            follows the data's neighbourhoods rather than one a linear model draws).
+        regularization: the classifier's ``C`` (logistic) or ``alpha`` (ridge); unused by ``"knn"``.
+        n_neighbors: neighbours that vote (``"knn"`` only).
 
     Returns:
         :class:`PartitionScore`.
@@ -98,7 +107,8 @@ def partition_score(features: np.ndarray, labels: np.ndarray, spaces: Sequence[t
     x, y = _checked(features, labels)
     if classifier not in CLASSIFIERS:
         raise ImgclustError(f"unknown score classifier {classifier!r}.", fix=f"use one of {', '.join(CLASSIFIERS)}.")
-    for name, value, low in (("n_folds", n_folds, 2), ("max_samples", max_samples, 2), ("pca_dim", pca_dim, 1)):
+    for name, value, low in (("n_folds", n_folds, 2), ("max_samples", max_samples, 2), ("pca_dim", pca_dim, 1),
+                             ("n_neighbors", n_neighbors, 1)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise ImgclustError(f"{name} must be an integer >= {low}; got {value!r}.", fix=f"use {name} >= {low}.")
     ranges = _spaces(spaces, x.shape[1])
@@ -126,7 +136,7 @@ def partition_score(features: np.ndarray, labels: np.ndarray, spaces: Sequence[t
             z = _project(x, rows, start, stop, pca_dim, seed)
             predicted = np.empty(n, dtype=np.int64)
             for train, test in splits:
-                predicted[test] = _fit_predict(z[train], y[train], z[test], classifier, regularization)
+                predicted[test] = _fit_predict(z[train], y[train], z[test], classifier, regularization, n_neighbors)
             kappas.append(float(cohen_kappa_score(y, predicted)))
             accuracies.append(float((predicted == y).mean()))
     smallest = int(np.bincount(y).min())
@@ -171,11 +181,13 @@ def _project(x: np.ndarray, rows: np.ndarray | None, start: int, stop: int, pca_
 
 
 def _fit_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, classifier: str,
-                 regularization: float) -> np.ndarray:
+                 regularization: float, n_neighbors: int) -> np.ndarray:
     present = np.unique(train_y)
     if len(present) == 1:  # a fold holding out every other cluster: only one class to predict
         return np.full(len(test_x), present[0], dtype=np.int64)
-    if classifier == "ridge":
+    if classifier == "knn":
+        model = KNeighborsClassifier(n_neighbors=min(n_neighbors, len(train_x)), metric="cosine")
+    elif classifier == "ridge":
         model = RidgeClassifier(alpha=regularization)
     else:
         model = LogisticRegression(C=regularization, max_iter=200)
