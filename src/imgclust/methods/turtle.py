@@ -54,6 +54,8 @@ __all__ = [
     "task_distribution",
     "inner_loss",
     "turtle_loss",
+    "turtle_objective",
+    "objective_rows",
     "normalize_spaces",
 ]
 
@@ -64,6 +66,8 @@ DEFAULT_ROW_NORM = 16.0
 # Whitening: eigenvalues below this fraction of the largest are floored (near-null directions of the
 # covariance would otherwise be blown up to unit variance).
 _WHITEN_FLOOR = 1e-4
+# Mixed into the seed of the inner classifiers that judge a task encoder (:func:`turtle_objective`).
+_JUDGE = 0x7475
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -310,6 +314,32 @@ def fit_inner(zs: Sequence[torch.Tensor], tau: torch.Tensor, params: list[torch.
     return params, optimizer
 
 
+def objective_rows(n: int, batch_size: int | None, seed: int) -> np.ndarray:
+    """The rows the objective is measured on: a seeded sample of ``min(batch_size, n)`` rows, sorted."""
+    size = n if batch_size is None else min(n, int(batch_size))
+    return np.sort(np.random.default_rng(seed).permutation(n)[:size])
+
+
+def turtle_objective(net: TurtleNet, x: torch.Tensor, config: TurtleConfig, seed: int, draws: int = 5) -> float:
+    """The TURTLE objective of the task encoder ``net`` on the preprocessed rows ``x``: inner classifiers drawn
+    from ``seed`` and fitted to the labeling as in training, then the outer loss (lower = better), averaged over
+    ``draws`` inner draws (one draw's loss varies with the draw)."""
+    with torch.no_grad():
+        tau, probs = task_distribution(net(x))
+    zs = net.split(x)
+    # Not ``seed`` itself: a run with that seed drew its task encoder's initial heads from the same stream, and
+    # inner classifiers drawn alike start aligned with them, which favours that run when runs of several seeds
+    # are compared (seen on a short run: a markedly lower objective under its own seed than under others).
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([int(seed), _JUDGE]).generate_state(1)[0]))
+    losses = []
+    for _ in range(draws):
+        params, _ = fit_inner(zs, tau, _fresh_inner(net.spaces, config.n_clusters, generator, x.device),
+                              config.inner_steps, config.inner_lr)
+        with torch.no_grad():
+            losses.append(float(turtle_loss(_inner_logits(params, zs), tau, probs, config.gamma)["loss"]))
+    return float(np.mean(losses))
+
+
 class Turtle(MethodBase):
     """TURTLE for :func:`imgclust.train.loop.fit`. State: the last checked assignment, the step the stopping
     rule fired at, and (warm start) the inner classifiers with their Adam state."""
@@ -366,21 +396,11 @@ class Turtle(MethodBase):
         return labels.numpy().astype(np.int64), confidence.numpy().astype(np.float32)
 
     def selection_score(self, model: nn.Module, inputs: TrainInputs, ctx: Any) -> float:
-        """The TURTLE objective on a fixed seeded batch of the clean inputs, with freshly drawn inner
-        classifiers from a fixed generator (lower = better; no label is used)."""
-        n = len(inputs)
-        size = min(n, int(getattr(ctx.config, "batch_size", n)))
-        rows = np.sort(np.random.default_rng(ctx.seed).permutation(n)[:size])
-        x = inputs.load_clean(rows, ctx.device).float()
-        net = unwrap(model)
-        with torch.no_grad():
-            tau, probs = task_distribution(net(x))
-        generator = torch.Generator().manual_seed(int(ctx.seed))
-        zs = net.split(x)
-        params, _ = fit_inner(zs, tau, _fresh_inner(self.spaces, self.config.n_clusters, generator, x.device),
-                              self.config.inner_steps, self.config.inner_lr)
-        with torch.no_grad():
-            return float(turtle_loss(_inner_logits(params, zs), tau, probs, self.config.gamma)["loss"])
+        """The TURTLE objective (:func:`turtle_objective`) on a fixed seeded batch of the clean inputs (lower =
+        better; no label is used)."""
+        x = inputs.load_clean(objective_rows(len(inputs), getattr(ctx.config, "batch_size", None), ctx.seed),
+                              ctx.device).float()
+        return turtle_objective(unwrap(model), x, self.config, ctx.seed)
 
     def on_epoch_end(self, model: nn.Module, epoch: int, ctx: Any) -> dict[str, float] | None:
         """Every ``check_every`` outer steps: the fraction of rows whose cluster changed since the last check;
@@ -463,6 +483,14 @@ class TurtleModel(ClusterModel):
         if not labels:
             return Assignment(np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32))
         return Assignment(np.concatenate(labels), np.concatenate(confidence), np.concatenate(distance))
+
+    def objective(self, features: np.ndarray, seed: int = 0, batch_size: int | None = 10000) -> float:
+        """The TURTLE objective of this task encoder on ``features`` (the backbone features, all spaces): on a
+        sample of ``batch_size`` rows and inner draws fixed by ``seed``, so fits of the same features (other seeds
+        or settings) compare; lower = better, no label is used."""
+        rows = objective_rows(len(features), batch_size, seed)
+        x = _preprocess(np.asarray(features[rows], dtype=np.float32), self.spaces, self.preprocessors)
+        return turtle_objective(self.net, torch.from_numpy(x), self.turtle_config, seed)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
