@@ -90,6 +90,15 @@ def cifar_subset(n_classes: int) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
     return load
 
 
+#: TURTLE's 10-class development split: CIFAR-10 *train* rows 1,000-1,999 of every class (K = 10, N = 10,000
+#: like the evaluation target, other images than its fit rows 0-999, never the test split).
+TRAIN_10K = "cifar10-train-10k"
+
+
+def cifar10_train_10k() -> tuple[np.ndarray, np.ndarray]:
+    return cifar10(1000, split="train", skip=1000)
+
+
 def cifar10_train(per_class: int = PER_CLASS) -> tuple[np.ndarray, np.ndarray]:
     """The first ``per_class`` images of every class of the CIFAR-10 *train* split (development sets)."""
     return cifar10(per_class, split="train")

@@ -33,16 +33,11 @@ from _common import REPO, print_table, save_result
 from imgclust.methods import FitContext, fit_method
 
 RUNS = REPO / "benchmarks" / "cache" / "turtle_restarts"
-DEV_SET = "cifar10-train-10k"
-
-
-def _dev_train_10k() -> tuple[np.ndarray, np.ndarray]:
-    return kf.cifar10(1000, split="train", skip=1000)
 
 
 def load(set_name: str, spaces_name: str) -> tuple[int, qt.Split, qt.Split | None]:
-    if set_name == DEV_SET:
-        return 10, qt.load_split(_dev_train_10k, spaces_name), None
+    if set_name == kf.TRAIN_10K:
+        return 10, qt.load_split(kf.cifar10_train_10k, spaces_name), None
     k, load_fit, load_test = qt.SETS[set_name]
     return k, qt.load_split(load_fit, spaces_name), None if load_test is None else qt.load_split(load_test,
                                                                                                    spaces_name)
@@ -73,7 +68,7 @@ def single_run(set_name: str, spaces_name: str, k: int, fit: qt.Split, test: qt.
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", default=DEV_SET, help=f"{DEV_SET} or a set of quality_table.py")
+    parser.add_argument("--set", default=kf.TRAIN_10K, help=f"{kf.TRAIN_10K} or a set of quality_table.py")
     parser.add_argument("--spaces", default="Lite0+Lite2", choices=sorted(qt.BACKBONES))
     parser.add_argument("--seeds", default="0,1,2", help="seeds of the R-restart fits (s uses runs s..s+R-1)")
     parser.add_argument("--restarts", type=int, default=3)

@@ -36,15 +36,14 @@ from _common import print_table, save_result
 from turtle_dev import load_set
 
 BACKBONES = "efficientnet_lite0,efficientnet_lite2"
-_TRAIN_10K = "cifar10-train-10k"
 
 
 def load(name: str, backbones: list[str]) -> tuple[str, int, np.ndarray, np.ndarray, list[int]]:
-    if name == _TRAIN_10K:
+    if name == kf.TRAIN_10K:
         parts, labels = [], None
         for backbone in backbones:
             kf.BACKBONE = backbone
-            x, labels = kf.cifar10(1000, split="train", skip=1000)
+            x, labels = kf.cifar10_train_10k()
             parts.append(x)
         return name, 10, np.concatenate(parts, axis=1), labels, [p.shape[1] for p in parts]
     full = next(n for n in kf.DEV_SETS if n.startswith(name))
@@ -127,7 +126,7 @@ def run(variant: str, name: str, k: int, x: np.ndarray, y: np.ndarray, widths: l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sets", default=_TRAIN_10K, help=f"{_TRAIN_10K} and/or prefixes of DEV_SETS names")
+    parser.add_argument("--sets", default=kf.TRAIN_10K, help=f"{kf.TRAIN_10K} and/or prefixes of DEV_SETS names")
     parser.add_argument("--variants", default="default,warm_start,kmeans_init,pca256")
     parser.add_argument("--backbones", default=BACKBONES)
     parser.add_argument("--seeds", default="0")

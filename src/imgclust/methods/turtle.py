@@ -397,10 +397,11 @@ class Turtle(MethodBase):
 
     def selection_score(self, model: nn.Module, inputs: TrainInputs, ctx: Any) -> float:
         """The TURTLE objective (:func:`turtle_objective`) on a fixed seeded batch of the clean inputs (lower =
-        better; no label is used)."""
+        better; no label is used). One inner draw: this follows one run in its log, where the draw is the same at
+        every check; averaging draws is for comparing fits (:meth:`TurtleModel.objective`)."""
         x = inputs.load_clean(objective_rows(len(inputs), getattr(ctx.config, "batch_size", None), ctx.seed),
                               ctx.device).float()
-        return turtle_objective(unwrap(model), x, self.config, ctx.seed)
+        return turtle_objective(unwrap(model), x, self.config, ctx.seed, draws=1)
 
     def on_epoch_end(self, model: nn.Module, epoch: int, ctx: Any) -> dict[str, float] | None:
         """Every ``check_every`` outer steps: the fraction of rows whose cluster changed since the last check;
