@@ -11,6 +11,7 @@
 - ``lr<value>``: the task encoder's Adam learning rate (``train.lr``, default 1e-3), e.g. ``lr3e-3``: the authors
   run 6,000 outer steps at 1e-3, the CPU budget allows about 1,000, and on 10 classes the partition still moves
   at the cap.
+- ``gamma<value>``: the entropy weight (``method.gamma``, the authors' 10), e.g. ``gamma5``, ``gamma20``.
 
 Sets: ``cifar10-train-10k`` (CIFAR-10 *train* rows 1,000-1,999 of every class: K = 10 and N = 10,000 like the
 evaluation target, other images than its fit rows 0-999 and never the test split) and the prefixes of
@@ -112,6 +113,8 @@ def run(variant: str, name: str, k: int, x: np.ndarray, y: np.ndarray, widths: l
         options["preprocess"] = "raw"
     elif variant.startswith("lr"):
         options["lr"] = float(variant[2:])
+    elif variant.startswith("gamma"):
+        options["gamma"] = float(variant[5:])
     elif variant != "default":
         raise SystemExit(f"unknown variant {variant}")
     started = time.perf_counter()
