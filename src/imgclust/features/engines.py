@@ -59,9 +59,9 @@ MIN_COSINE = 0.9999
 AUTO_MIN_IMAGES = 1000
 #: ``auto`` takes an engine listed earlier (onnxruntime, openvino, torch) unless a later one is this much faster.
 TIE_MARGIN = 1.1
-#: ONNX Runtime runs each batch in slices of this many images: their activations stay in the CPU's caches
-#: (EfficientNet-Lite0, 2-core Xeon: 250 images/s against 240 for slices of 64, and the first run of a session
-#: allocates for 0.09 s instead of 0.5 s).
+#: ONNX Runtime runs each batch in slices of this many images, whose activations are a quarter of a batch of 64's:
+#: measured on EfficientNet-Lite0 (2-core Xeon) 250 images/s against 240 for slices of 64, and a session's first
+#: run allocating for 0.09 s instead of 0.5 s (BENCHMARKS.md, inference engines).
 ORT_RUN_BATCH = 16
 #: Images of the one-time check (timed twice after a warm-up; enough for a stable speed ranking).
 CHECK_IMAGES = 16
