@@ -10,9 +10,9 @@ all alike:
     (torch float32 with decoding processes = the path before the engines, onnxruntime, openvino, auto with
     decoding processes = before the decoding threads, auto; torch bfloat16 only on CPUs with bfloat16
     instructions, elsewhere it is emulated and ~20x slower) on both kinds of JPEG, with the ONNX export already
-    cached (its one-time cost is reported on its own). Each full extraction runs in a fresh process, as a user's run does: measured in the benchmark's own
-    process, the torch path ran 20 % slower once ONNX Runtime had run there (2-core Xeon, 32.5 against 39.9
-    images/s), which made the "before" reference too slow;
+    cached (its one-time cost is reported on its own). Each full extraction runs in a fresh process, as a user's
+    run does: measured in the benchmark's own process, the torch path ran 20 % slower once ONNX Runtime had run
+    there (2-core Xeon, 32.5 against 39.9 images/s), which made the "before" reference too slow;
   * per engine: the least cosine of its features to torch float32, and the ACC of k-means (K = 10) on them.
 Optionally (``--full-cifar``) all 60,000 CIFAR-10 images with ``engine="auto"`` end to end, export included
 (in the benchmark's own process, after everything else; on 2026-12-06 it ran at the rate of the spawned ONNX Runtime
