@@ -12,6 +12,11 @@
   run 6,000 outer steps at 1e-3, the CPU budget allows about 1,000, and on 10 classes the partition still moves
   at the cap.
 - ``gamma<value>``: the entropy weight (``method.gamma``, the authors' 10), e.g. ``gamma5``, ``gamma20``.
+- ``inner_lr<value>``, ``inner_steps<value>``: the inner classifiers' Adam learning rate and number of steps
+  (``method.inner_lr``, ``method.inner_steps``; the authors' 1e-3 and 10), e.g. ``inner_lr3e-4``, ``inner_steps20``.
+
+``--trace-score`` keeps the partition at every check (100 outer steps) and gives each its label-free score
+(``imgclust.score.partition_score``, as ``auto`` computes it): does the score find the best point of a run?
 
 Sets: ``cifar10-train-10k`` (CIFAR-10 *train* rows 1,000-1,999 of every class: K = 10 and N = 10,000 like the
 evaluation target, other images than its fit rows 0-999 and never the test split) and the prefixes of
@@ -96,8 +101,21 @@ def kmeans_init_turtle(x: np.ndarray, widths: list[int], k: int, seed: int) -> t
     return KMeansInitTurtle
 
 
+def traced(method_class: type, partitions: list[np.ndarray]) -> type:
+    """``method_class`` that also keeps the partition of every check in ``partitions``."""
+
+    class Traced(method_class):
+        def on_epoch_end(self, model, epoch, ctx):
+            out = super().on_epoch_end(model, epoch, ctx)
+            if out is not None:
+                partitions.append(self.checked_labels.numpy().copy())
+            return out
+
+    return Traced
+
+
 def run(variant: str, name: str, k: int, x: np.ndarray, y: np.ndarray, widths: list[int], seed: int,
-        outer_steps: int) -> dict:
+        outer_steps: int, trace_score: bool = False) -> dict:
     from imgclust.methods import turtle
     from imgclust.methods.base import FitContext
     from imgclust.metrics import evaluate
@@ -115,15 +133,30 @@ def run(variant: str, name: str, k: int, x: np.ndarray, y: np.ndarray, widths: l
         options["lr"] = float(variant[2:])
     elif variant.startswith("gamma"):
         options["gamma"] = float(variant[5:])
+    elif variant.startswith("inner_lr"):
+        options["inner_lr"] = float(variant[len("inner_lr"):])
+    elif variant.startswith("inner_steps"):
+        options["inner_steps"] = int(variant[len("inner_steps"):])
     elif variant != "default":
         raise SystemExit(f"unknown variant {variant}")
+    partitions: list[np.ndarray] = []
+    if trace_score:
+        method_class = traced(method_class, partitions)
     started = time.perf_counter()
     with mock.patch.object(turtle, "Turtle", method_class):
         result = turtle.fit_turtle(FitContext(features=x, n_clusters=k, seed=seed, labels=y, options=options))
+    seconds = round(time.perf_counter() - started, 1)
     curve = [{"step": h["epoch"] + 1, "acc": h.get("acc"), "change": h.get("assignment_change"),
               "objective": h["selection_score"]} for h in result.info["history"] if "selection_score" in h]
+    if trace_score:
+        from imgclust.score import partition_score
+
+        spaces = turtle.normalize_spaces(widths, x.shape[1])
+        for point, labels in zip(curve, partitions):
+            point["score"] = partition_score(x, labels, spaces=spaces, seed=seed).kappa
+            point["acc_check"] = float(evaluate(y, labels)["acc"])
     return {"variant": variant, "set": name, "k": k, "n": len(x), "seed": seed,
-            "seconds": round(time.perf_counter() - started, 1),
+            "seconds": seconds,
             "final_acc": float(evaluate(y, result.assignment.labels)["acc"]), "curve": curve}
 
 
@@ -134,6 +167,7 @@ def main() -> None:
     parser.add_argument("--backbones", default=BACKBONES)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--outer-steps", type=int, default=1000)
+    parser.add_argument("--trace-score", action="store_true", help="score the partition at every check")
     parser.add_argument("--out", default="turtle_variants")
     args = parser.parse_args()
     backbones = args.backbones.split(",")
@@ -142,7 +176,7 @@ def main() -> None:
         name, k, x, y, widths = load(set_name, backbones)
         for variant in args.variants.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
-                r = run(variant, name, k, x, y, widths, seed, args.outer_steps)
+                r = run(variant, name, k, x, y, widths, seed, args.outer_steps, args.trace_score)
                 runs.append(r)
                 print(variant, name, seed, f"acc {r['final_acc']:.4f}", f"{r['seconds']} s", flush=True)
                 save_result(args.out, {"backbones": backbones, "runs": runs, "partial": True})
