@@ -256,20 +256,19 @@ def _full_rate(dataset: PathListDataset, backbone: str, engine: str, precision: 
     cache = work / f"cache-{time.monotonic_ns()}"
     shutil.copytree(export_root / "onnx", cache / "onnx")
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as process:
-        rate, features, used = process.submit(_extract_in_process, list(dataset.items), backbone, engine, precision,
-                                              workers, cache, batch_size).result()
+        rate, features, used = process.submit(_extract_in_process, dataset, backbone, engine, precision, workers,
+                                              cache, batch_size).result()
     if engine != "auto" and used != engine:
         print(f"warning: engine {engine} fell back to {used}", flush=True)
     shutil.rmtree(cache, ignore_errors=True)
     return rate, features
 
 
-def _extract_in_process(paths: list[str], backbone_name: str, engine: str, precision: str, workers: int | None,
-                        cache: Path, batch_size: int) -> tuple[float, np.ndarray, str | None]:
+def _extract_in_process(dataset: PathListDataset, backbone_name: str, engine: str, precision: str,
+                        workers: int | None, cache: Path, batch_size: int) -> tuple[float, np.ndarray, str | None]:
     # A spawned process would spawn its DataLoader workers too (seconds of imports each); a user's run forks them.
     multiprocessing.set_start_method("fork", force=True)
     backbone = create_backbone(backbone_name).eval()
-    dataset = PathListDataset(paths, draft_size=224)
     started = time.perf_counter()
     result = extract_features(dataset, backbone, cache_dir=cache, precision=precision, engine=engine,
                               batch_size=batch_size, num_workers=workers, progress=False)

@@ -152,9 +152,9 @@ def run(variant: str, name: str, k: int, x: np.ndarray, y: np.ndarray, widths: l
         from imgclust.score import partition_score
 
         spaces = turtle.normalize_spaces(widths, x.shape[1])
+        assert len(partitions) == len(curve), "one kept partition per logged check"
         for point, labels in zip(curve, partitions):
             point["score"] = partition_score(x, labels, spaces=spaces, seed=seed).kappa
-            point["acc_check"] = float(evaluate(y, labels)["acc"])
     return {"variant": variant, "set": name, "k": k, "n": len(x), "seed": seed,
             "seconds": seconds,
             "final_acc": float(evaluate(y, result.assignment.labels)["acc"]), "curve": curve}
