@@ -16,9 +16,15 @@ Each part repeats the estimate with seeds 0, 1, 2 over K = 2..30; labels are use
 profile" is the range of resolutions γ over which modularity chooses the true K (seed 0; "—": at none). Prints the
 tables and writes its part into benchmarks/results/k_estimation.json (keeping the other part).
 
+``--label-matched-k`` adds a reference that uses the labels: the K whose k-means partitions (the same runs as
+``estimate_k``) agree best with the classes (mean adjusted mutual information). It chooses nothing; it shows
+where the class structure sits among the partitions every criterion scores. When it is not the true K, the
+features group the images otherwise than the classes do, and a label-free criterion that picks the true K
+there would be picking a partition that matches the classes less well than another K's.
+
     .venv/bin/python benchmarks/k_estimation.py dev|eval [--k-range 2:30] [--sets a,b] [--seeds 0,1,2]
         [--backbone efficientnet_lite2 | efficientnet_lite0,efficientnet_lite2] [--no-grid]
-        [--default-criterion-only]
+        [--default-criterion-only] [--label-matched-k] [--out NAME]
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from imgclust.kselect import (CRITERIA, DEFAULT_CRITERION, DEFAULT_N_NEIGHBORS, 
                               estimate_k, graph_neighbors, kmeans_runs, modularity, parse_k_range,
                               resolution_range_text, single_threaded)
 from imgclust.neighbors import nearest_neighbors, normalize_features  # noqa: E402
+from sklearn.metrics import adjusted_mutual_info_score  # noqa: E402
 
 GRID_NEIGHBORS = (10, 30, 40, 50, 60, 80)
 GRID_RESOLUTIONS = tuple(round(v, 2) for v in np.arange(0.6, 1.201, 0.05))
@@ -95,12 +102,44 @@ def compare_criteria(sets: Sets, seeds: list[int], k_range: str, criteria: tuple
                          "default_criterion_seconds": round(default_only.seconds, 2), "runs": runs}
     true_k = {name: sets[name][0] for name in choices}
     summary = {c: score({s: choices[s][c] for s in choices}, true_k, len(seeds)) for c in criteria}
-    rows.append({"set": "exact (per seed)", **{c: "/".join(map(str, summary[c]["exact_per_seed"])) for c in criteria}})
-    rows.append({"set": "within ±20 % (per seed)",
-                 **{c: "/".join(map(str, summary[c]["within_20pct_per_seed"])) for c in criteria}})
-    rows.append({"set": "mean \\|log(K̂/K)\\| (all seeds)",
-                 **{c: f"{summary[c]['mean_abs_log_ratio']:.2f}" for c in criteria}})
+    for label in SUMMARY_ROWS:
+        rows.append({"set": label, **{c: _summary_cell(label, summary[c]) for c in criteria}})
     return rows, details, summary
+
+
+SUMMARY_ROWS = ("exact (per seed)", "within ±20 % (per seed)", "mean \\|log(K̂/K)\\| (all seeds)")
+
+
+def _summary_cell(label: str, summary: dict) -> str:
+    """The cell of summary row ``label`` (one of :data:`SUMMARY_ROWS`) for one criterion's :func:`score`."""
+    if label == SUMMARY_ROWS[0]:
+        return "/".join(map(str, summary["exact_per_seed"]))
+    if label == SUMMARY_ROWS[1]:
+        return "/".join(map(str, summary["within_20pct_per_seed"]))
+    return f"{summary['mean_abs_log_ratio']:.2f}"
+
+
+def label_matched_k(sets: Sets, seeds: list[int], k_range: str) -> dict[str, dict]:
+    """Per set and seed, the K of the range whose k-means runs (those of ``estimate_k``) have the highest mean
+    AMI with the labels, and that AMI beside the AMI at the true K: a reference, not a criterion."""
+    low, high = parse_k_range(k_range)
+    out = {}
+    for name, (true_k, load) in sets.items():
+        features, labels = load()
+        x = normalize_features(features)
+        ks = list(range(low, min(high, x.shape[0] // 3) + 1))
+        chosen, best_ami, true_ami = [], [], []
+        with single_threaded():
+            for seed in seeds:
+                ami = [float(np.mean([adjusted_mutual_info_score(labels, run.labels)
+                                      for run in kmeans_runs(x, k, seed, n_runs=5, n_init=1)])) for k in ks]
+                chosen.append(ks[int(np.argmax(ami))])
+                best_ami.append(round(max(ami), 3))
+                true_ami.append(round(ami[ks.index(true_k)], 3) if true_k in ks else None)
+        out[name] = {"choices_per_seed": chosen, "best_ami_per_seed": best_ami, "true_k_ami_per_seed": true_ami}
+        print(f"label-matched K: {name} true {true_k} -> {chosen} (AMI {best_ami}, at the true K {true_ami})",
+              flush=True)
+    return out
 
 
 def modularity_grid(sets: Sets, seeds: list[int], k_range: str) -> dict[str, dict]:
@@ -165,6 +204,10 @@ def main() -> None:
                              "changed; results of other backbones go to k_estimation-A+B.json")
     parser.add_argument("--default-criterion-only", action="store_true",
                         help=f"only the default criterion ({DEFAULT_CRITERION}): minutes instead of an hour")
+    parser.add_argument("--label-matched-k", action="store_true",
+                        help="add the K whose k-means partitions best match the labels (a reference, not a criterion)")
+    parser.add_argument("--out", default=None,
+                        help="results file name (default k_estimation, or k_estimation-A+B for other backbones)")
     parser.add_argument("--no-grid", action="store_true",
                         help="dev: skip the neighbours x resolution grid (the defaults' choices only)")
     args = parser.parse_args()
@@ -175,10 +218,24 @@ def main() -> None:
 
     criteria = (DEFAULT_CRITERION,) if args.default_criterion_only else CRITERIA
     rows, details, summary = compare_criteria(sets, seeds, args.k_range, criteria)
+    columns = ["set", "images", "true K", *criteria, "default s", "true K on profile"]
+    matched = label_matched_k(sets, seeds, args.k_range) if args.label_matched_k else None
+    if matched is not None:
+        true_k = {name: sets[name][0] for name in sets}
+        summary["label_matched_k"] = score({s: matched[s]["choices_per_seed"] for s in matched}, true_k, len(seeds))
+        for row in rows:
+            if row["set"] in matched:
+                got = matched[row["set"]]["choices_per_seed"]
+                row["label-matched K"] = f"{got[0]}" + (f" ({min(got)}–{max(got)})" if min(got) != max(got) else "")
+            else:
+                row["label-matched K"] = _summary_cell(row["set"], summary["label_matched_k"])
+        columns.append("label-matched K")
     print()
-    table = print_table(rows, ["set", "images", "true K", *criteria, "default s", "true K on profile"])
+    table = print_table(rows, columns)
     part = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": git_commit(), "k_range": args.k_range,
             "seeds": seeds, "summary": summary, "table_markdown": table, "sets": details}
+    if matched is not None:
+        part["label_matched_k"] = matched
     if args.part == "dev" and not args.no_grid:
         part["modularity_grid"] = modularity_grid(sets, seeds, args.k_range)
         part["modularity_grid_markdown"] = grid_tables(part["modularity_grid"])
@@ -191,8 +248,8 @@ def main() -> None:
             print(f"grid cell of the default reproduces estimate_k: {same}")
             part["grid_reproduces_estimate_k"] = same
 
-    name = ("k_estimation" if args.backbone == _kfeatures.DEFAULT_BACKBONE
-            else f"k_estimation-{args.backbone.replace(',', '+')}")
+    name = args.out or ("k_estimation" if args.backbone == _kfeatures.DEFAULT_BACKBONE
+                        else f"k_estimation-{args.backbone.replace(',', '+')}")
     previous = RESULTS / f"{name}.json"
     kept = json.loads(previous.read_text()) if previous.exists() else {}
     parts = {key: kept[key] for key in ("dev", "evaluation") if key in kept}
