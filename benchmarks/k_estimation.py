@@ -44,7 +44,7 @@ import _kfeatures  # noqa: E402
 from _kfeatures import DEV_SETS, SETS  # noqa: E402
 
 from imgclust.kselect import (CRITERIA, DEFAULT_CRITERION, DEFAULT_N_NEIGHBORS, DEFAULT_RESOLUTION,  # noqa: E402
-                              estimate_k, graph_neighbors, kmeans_runs, modularity, parse_k_range,
+                              MIN_CLUSTER_SIZE, estimate_k, graph_neighbors, kmeans_runs, modularity, parse_k_range,
                               resolution_range_text, single_threaded)
 from imgclust.neighbors import nearest_neighbors, normalize_features  # noqa: E402
 from sklearn.metrics import adjusted_mutual_info_score  # noqa: E402
@@ -91,7 +91,7 @@ def compare_criteria(sets: Sets, seeds: list[int], k_range: str, criteria: tuple
         row = {"set": name, "images": len(y), "true K": true_k}
         for criterion in criteria:
             got = choices[name][criterion]
-            row[criterion] = f"{got[0]}" + (f" ({min(got)}–{max(got)})" if min(got) != max(got) else "")
+            row[criterion] = choice_cell(got)
         row["default s"] = round(default_only.seconds, 1)
         # Where the true K is a level of the resolution profile (seed 0), if it is one at all.
         levels = [step for step in runs[0]["resolution_profile"] if step["k"] == true_k]
@@ -107,6 +107,11 @@ def compare_criteria(sets: Sets, seeds: list[int], k_range: str, criteria: tuple
     return rows, details, summary
 
 
+def choice_cell(got: list[int]) -> str:
+    """Seed 0's K, with the range over seeds in brackets when it moved."""
+    return f"{got[0]}" + (f" ({min(got)}–{max(got)})" if min(got) != max(got) else "")
+
+
 SUMMARY_ROWS = ("exact (per seed)", "within ±20 % (per seed)", "mean \\|log(K̂/K)\\| (all seeds)")
 
 
@@ -119,6 +124,11 @@ def _summary_cell(label: str, summary: dict) -> str:
     return f"{summary['mean_abs_log_ratio']:.2f}"
 
 
+def k_values(low: int, high: int, n: int) -> list[int]:
+    """The K of the range that ``estimate_k`` scores on ``n`` rows (every K below its ``DENSE_UP_TO``)."""
+    return list(range(low, min(high, n // MIN_CLUSTER_SIZE) + 1))
+
+
 def label_matched_k(sets: Sets, seeds: list[int], k_range: str) -> dict[str, dict]:
     """Per set and seed, the K of the range whose k-means runs (those of ``estimate_k``) have the highest mean
     AMI with the labels, and that AMI beside the AMI at the true K: a reference, not a criterion."""
@@ -127,7 +137,7 @@ def label_matched_k(sets: Sets, seeds: list[int], k_range: str) -> dict[str, dic
     for name, (true_k, load) in sets.items():
         features, labels = load()
         x = normalize_features(features)
-        ks = list(range(low, min(high, x.shape[0] // 3) + 1))
+        ks = k_values(low, high, len(x))
         chosen, best_ami, true_ami = [], [], []
         with single_threaded():
             for seed in seeds:
@@ -152,7 +162,7 @@ def modularity_grid(sets: Sets, seeds: list[int], k_range: str) -> dict[str, dic
     choices: dict[tuple[int, float], dict[str, list[int]]] = {}
     for name, (true_k, load) in sets.items():
         x = normalize_features(load()[0])
-        ks = list(range(low, min(high, x.shape[0] // 3) + 1))
+        ks = k_values(low, high, len(x))
         with single_threaded():
             graph = nearest_neighbors(x, graph_neighbors(max(GRID_NEIGHBORS), len(x))).indices
             for seed in seeds:
@@ -225,8 +235,7 @@ def main() -> None:
         summary["label_matched_k"] = score({s: matched[s]["choices_per_seed"] for s in matched}, true_k, len(seeds))
         for row in rows:
             if row["set"] in matched:
-                got = matched[row["set"]]["choices_per_seed"]
-                row["label-matched K"] = f"{got[0]}" + (f" ({min(got)}–{max(got)})" if min(got) != max(got) else "")
+                row["label-matched K"] = choice_cell(matched[row["set"]]["choices_per_seed"])
             else:
                 row["label-matched K"] = _summary_cell(row["set"], summary["label_matched_k"])
         columns.append("label-matched K")
