@@ -42,6 +42,25 @@ def unit_concat(spaces: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) for x in spaces], axis=1)
 
 
+def side_by_side(load: Callable[[], tuple[np.ndarray, np.ndarray]], backbones: list[str]
+                 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """A set's raw features from each of ``backbones`` side by side, its labels and each space's width."""
+    global BACKBONE
+    parts, labels = [], None
+    for backbone in backbones:
+        BACKBONE = backbone  # what load() extracts with
+        x, y = load()
+        assert labels is None or np.array_equal(labels, y)
+        parts.append(np.asarray(x, dtype=np.float32))
+        labels = y
+    return np.concatenate(parts, axis=1), labels, [p.shape[1] for p in parts]
+
+
+def split_spaces(x: np.ndarray, widths: list[int]) -> list[np.ndarray]:
+    """The spaces of :func:`side_by_side`'s features, one array each."""
+    return np.split(x, np.cumsum(widths)[:-1], axis=1)
+
+
 def _extract_one(dataset, name: str) -> np.ndarray:
     from imgclust.backbones import create_backbone
     from imgclust.features import extract_features

@@ -103,7 +103,7 @@ def compare_criteria(sets: Sets, seeds: list[int], k_range: str, criteria: tuple
     true_k = {name: sets[name][0] for name in choices}
     summary = {c: score({s: choices[s][c] for s in choices}, true_k, len(seeds)) for c in criteria}
     for label in SUMMARY_ROWS:
-        rows.append({"set": label, **{c: _summary_cell(label, summary[c]) for c in criteria}})
+        rows.append({"set": label, **{c: summary_cell(label, summary[c]) for c in criteria}})
     return rows, details, summary
 
 
@@ -115,7 +115,7 @@ def choice_cell(got: list[int]) -> str:
 SUMMARY_ROWS = ("exact (per seed)", "within ±20 % (per seed)", "mean \\|log(K̂/K)\\| (all seeds)")
 
 
-def _summary_cell(label: str, summary: dict) -> str:
+def summary_cell(label: str, summary: dict) -> str:
     """The cell of summary row ``label`` (one of :data:`SUMMARY_ROWS`) for one criterion's :func:`score`."""
     if label == SUMMARY_ROWS[0]:
         return "/".join(map(str, summary["exact_per_seed"]))
@@ -237,7 +237,7 @@ def main() -> None:
             if row["set"] in matched:
                 row["label-matched K"] = choice_cell(matched[row["set"]]["choices_per_seed"])
             else:
-                row["label-matched K"] = _summary_cell(row["set"], summary["label_matched_k"])
+                row["label-matched K"] = summary_cell(row["set"], summary["label_matched_k"])
         columns.append("label-matched K")
     print()
     table = print_table(rows, columns)

@@ -32,7 +32,7 @@ from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _kfeatures as kf  # noqa: E402
 from _common import REPO, RESULTS, git_commit, print_table, save_result  # noqa: E402
-from k_estimation import SUMMARY_ROWS, _summary_cell, score  # noqa: E402
+from k_estimation import SUMMARY_ROWS, score, summary_cell  # noqa: E402
 
 from imgclust.kselect import (DEFAULT_N_NEIGHBORS, DEFAULT_RESOLUTION, graph_neighbors,  # noqa: E402
                               modularity_terms, single_threaded)
@@ -40,18 +40,6 @@ from imgclust.neighbors import nearest_neighbors  # noqa: E402
 
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite2")
 PARTITIONS = REPO / "benchmarks" / "cache" / "k_turtle"
-
-
-def load_spaces(load) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """The set's features of both backbones side by side, its labels and each space's width."""
-    parts, labels = [], None
-    for backbone in BACKBONES:
-        kf.BACKBONE = backbone
-        x, y = load()
-        assert labels is None or np.array_equal(labels, y)
-        parts.append(x)
-        labels = y
-    return np.concatenate(parts, axis=1), labels, [p.shape[1] for p in parts]
 
 
 def turtle_partitions(name: str, x: np.ndarray, widths: list[int], ks: list[int], restarts: int,
@@ -66,7 +54,7 @@ def turtle_partitions(name: str, x: np.ndarray, widths: list[int], ks: list[int]
     if path.exists():
         cached = dict(np.load(path))
         if (sorted(set(cached["k"].tolist())) == ks and int(cached["restart"].max()) + 1 == restarts
-                and int(cached.get("outer_steps", outer_steps)) == outer_steps and len(cached["labels"][0]) == len(x)):
+                and int(cached["outer_steps"]) == outer_steps and len(cached["labels"][0]) == len(x)):
             return cached
     torch.set_num_threads(1)
     out: dict[str, list] = {"labels": [], "k": [], "restart": [], "seconds": []}
@@ -92,25 +80,25 @@ def k_of_best(ks: list[int], values: list[float]) -> int:
 
 
 def evaluate_set(name: str, true_k: int, load, ks: list[int], restarts: int, outer_steps: int) -> dict:
-    x, y, widths = load_spaces(load)
+    x, y, widths = kf.side_by_side(load, list(BACKBONES))
     partitions = turtle_partitions(name, x, widths, ks, restarts, outer_steps)
-    unit = kf.unit_concat([x[:, :widths[0]], x[:, widths[0]:]])
+    unit = kf.unit_concat(kf.split_spaces(x, widths))
     graph = nearest_neighbors(unit, graph_neighbors(DEFAULT_N_NEIGHBORS, len(unit))).indices
-    modularity_mean, modularity_each, agreement, stability = [], [[] for _ in range(restarts)], [], []
-    for k in ks:
+    modularity_each = np.zeros((restarts, len(ks)))  # restart x K; Q is linear in the terms, so means commute
+    agreement, stability = [], []
+    for column, k in enumerate(ks):
         labels = [partitions["labels"][i] for i in np.flatnonzero(partitions["k"] == k)]
-        terms = [modularity_terms(graph, lab) for lab in labels]
-        intra, expected = np.mean(terms, axis=0)
-        modularity_mean.append(float(intra - DEFAULT_RESOLUTION * expected))
-        for restart, (one_intra, one_expected) in enumerate(terms):
-            modularity_each[restart].append(float(one_intra - DEFAULT_RESOLUTION * one_expected))
+        for restart, lab in enumerate(labels):
+            intra, expected = modularity_terms(graph, lab)
+            modularity_each[restart, column] = intra - DEFAULT_RESOLUTION * expected
         agreement.append(float(np.mean([adjusted_mutual_info_score(y, lab) for lab in labels])))
         stability.append(float(adjusted_rand_score(labels[0], labels[1])) if len(labels) > 1 else float("nan"))
+    modularity_mean = modularity_each.mean(axis=0).tolist()
     return {"true_k": true_k, "n_images": int(len(y)), "k_values": ks,
             "turtle_modularity": k_of_best(ks, modularity_mean),
             "turtle_modularity_per_restart": [k_of_best(ks, m) for m in modularity_each],
             "label_matched_k": k_of_best(ks, agreement),
-            "curves": {"modularity": modularity_mean, "modularity_per_restart": modularity_each,
+            "curves": {"modularity": modularity_mean, "modularity_per_restart": modularity_each.tolist(),
                        "ami_with_classes": agreement, "restart_ari": stability},
             "turtle_seconds": round(float(np.sum(partitions["seconds"])), 1)}
 
@@ -154,7 +142,7 @@ def main() -> None:
                "TURTLE, each restart": "turtle_modularity_per_restart",
                "K the labels pick (TURTLE)": "label_matched_k"}
     for label in SUMMARY_ROWS:
-        rows.append({"set": label, **{column: _summary_cell(label, summary[key]) for column, key in columns.items()}})
+        rows.append({"set": label, **{column: summary_cell(label, summary[key]) for column, key in columns.items()}})
     print()
     table = print_table(rows, ["set", "images", "true K", *columns, "TURTLE s"])
     path = RESULTS / "k_estimation_turtle.json"

@@ -116,15 +116,10 @@ SETS: dict[str, tuple[int, Callable, Callable | None]] = {
 
 def load_split(load: Callable, spaces_name: str) -> Split:
     """The features of ``spaces_name``'s backbones as the library combines them (several: each L2-normalised)."""
-    parts, labels = [], None
-    for backbone in BACKBONES[spaces_name]:
-        kf.BACKBONE = backbone
-        x, y = load()
-        assert labels is None or np.array_equal(labels, y)
-        parts.append(np.asarray(x, dtype=np.float32))
-        labels = y
-    bounds = np.cumsum([0] + [p.shape[1] for p in parts])
-    return kf.unit_concat(parts), labels, [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    x, labels, widths = kf.side_by_side(load, BACKBONES[spaces_name])
+    bounds = np.cumsum([0] + widths)
+    return (kf.unit_concat(kf.split_spaces(x, widths)), labels,
+            [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])])
 
 
 def score(fit: Split, labels: np.ndarray, seed: int) -> float:

@@ -32,13 +32,7 @@ ROWS = {"Lite0": ["efficientnet_lite0"], "Lite0+Lite2": ["efficientnet_lite0", "
 
 
 def features(backbones: list[str], split: str, per_class: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    parts, labels = [], None
-    for backbone in backbones:
-        kf.BACKBONE = backbone
-        x, y = kf.cifar10(per_class, split)
-        parts.append(np.asarray(x, dtype=np.float32))
-        labels = y
-    return np.concatenate(parts, axis=1), labels, [p.shape[1] for p in parts]
+    return kf.side_by_side(lambda: kf.cifar10(per_class, split), backbones)
 
 
 def unit_spaces(x: np.ndarray, widths: list[int]) -> np.ndarray:

@@ -27,14 +27,7 @@ OBJECTIVE_THRESHOLDS = (0.001, 0.005, 0.02)
 
 def load_set(name: str, backbones: list[str]) -> tuple[int, np.ndarray, np.ndarray, list[int]]:
     k, load = kf.DEV_SETS[name]
-    parts, labels = [], None
-    for backbone in backbones:
-        kf.BACKBONE = backbone
-        x, y = load()
-        parts.append(x)
-        assert labels is None or np.array_equal(labels, y)
-        labels = y
-    return k, np.concatenate(parts, axis=1), labels, [p.shape[1] for p in parts]
+    return (k, *kf.side_by_side(load, backbones))
 
 
 def run(name: str, k: int, x: np.ndarray, y: np.ndarray, widths: list[int], preprocess: str, seed: int,

@@ -46,12 +46,7 @@ BACKBONES = "efficientnet_lite0,efficientnet_lite2"
 
 def load(name: str, backbones: list[str]) -> tuple[str, int, np.ndarray, np.ndarray, list[int]]:
     if name == kf.TRAIN_10K:
-        parts, labels = [], None
-        for backbone in backbones:
-            kf.BACKBONE = backbone
-            x, labels = kf.cifar10_train_10k()
-            parts.append(x)
-        return name, 10, np.concatenate(parts, axis=1), labels, [p.shape[1] for p in parts]
+        return (name, 10, *kf.side_by_side(kf.cifar10_train_10k, backbones))
     full = next(n for n in kf.DEV_SETS if n.startswith(name))
     return (full, *load_set(full, backbones))
 
