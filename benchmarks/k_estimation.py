@@ -44,7 +44,7 @@ import _kfeatures  # noqa: E402
 from _kfeatures import DEV_SETS, SETS  # noqa: E402
 
 from imgclust.kselect import (CRITERIA, DEFAULT_CRITERION, DEFAULT_N_NEIGHBORS, DEFAULT_RESOLUTION,  # noqa: E402
-                              MIN_CLUSTER_SIZE, estimate_k, graph_neighbors, kmeans_runs, modularity, parse_k_range,
+                              estimate_k, graph_neighbors, k_values, kmeans_runs, modularity, parse_k_range,
                               resolution_range_text, single_threaded)
 from imgclust.neighbors import nearest_neighbors, normalize_features  # noqa: E402
 from sklearn.metrics import adjusted_mutual_info_score  # noqa: E402
@@ -124,11 +124,6 @@ def summary_cell(label: str, summary: dict) -> str:
     return f"{summary['mean_abs_log_ratio']:.2f}"
 
 
-def k_values(low: int, high: int, n: int) -> list[int]:
-    """The K of the range that ``estimate_k`` scores on ``n`` rows (every K below its ``DENSE_UP_TO``)."""
-    return list(range(low, min(high, n // MIN_CLUSTER_SIZE) + 1))
-
-
 def label_matched_k(sets: Sets, seeds: list[int], k_range: str) -> dict[str, dict]:
     """Per set and seed, the K of the range whose k-means runs (those of ``estimate_k``) have the highest mean
     AMI with the labels, and that AMI beside the AMI at the true K: a reference, not a criterion."""
@@ -137,7 +132,7 @@ def label_matched_k(sets: Sets, seeds: list[int], k_range: str) -> dict[str, dic
     for name, (true_k, load) in sets.items():
         features, labels = load()
         x = normalize_features(features)
-        ks = k_values(low, high, len(x))
+        ks = k_values((low, high), len(x))
         chosen, best_ami, true_ami = [], [], []
         with single_threaded():
             for seed in seeds:
@@ -162,7 +157,7 @@ def modularity_grid(sets: Sets, seeds: list[int], k_range: str) -> dict[str, dic
     choices: dict[tuple[int, float], dict[str, list[int]]] = {}
     for name, (true_k, load) in sets.items():
         x = normalize_features(load()[0])
-        ks = k_values(low, high, len(x))
+        ks = k_values((low, high), len(x))
         with single_threaded():
             graph = nearest_neighbors(x, graph_neighbors(max(GRID_NEIGHBORS), len(x))).indices
             for seed in seeds:

@@ -35,7 +35,7 @@ from _common import REPO, RESULTS, git_commit, print_table, save_result  # noqa:
 from k_estimation import SUMMARY_ROWS, score, summary_cell  # noqa: E402
 
 from imgclust.kselect import (DEFAULT_N_NEIGHBORS, DEFAULT_RESOLUTION, graph_neighbors,  # noqa: E402
-                              modularity_terms, single_threaded)
+                              modularity_terms, parse_k_range, single_threaded)
 from imgclust.neighbors import nearest_neighbors  # noqa: E402
 
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite2")
@@ -113,7 +113,7 @@ def main() -> None:
     args = parser.parse_args()
     all_sets = kf.DEV_SETS if args.part == "dev" else kf.SETS
     sets = {name: all_sets[name] for name in (args.sets.split(",") if args.sets else all_sets)}
-    low, high = (int(v) for v in args.k_range.split(":"))
+    low, high = parse_k_range(args.k_range)
     ks = list(range(low, high + 1))
     kmeans_part = json.loads((RESULTS / "k_estimation-label-matched.json").read_text())[
         "dev" if args.part == "dev" else "evaluation"]["sets"]

@@ -35,13 +35,6 @@ def features(backbones: list[str], split: str, per_class: int) -> tuple[np.ndarr
     return kf.side_by_side(lambda: kf.cifar10(per_class, split), backbones)
 
 
-def unit_spaces(x: np.ndarray, widths: list[int]) -> np.ndarray:
-    bounds = np.concatenate([[0], np.cumsum(widths)])
-    parts = [x[:, a:b] / np.maximum(np.linalg.norm(x[:, a:b], axis=1, keepdims=True), 1e-12)
-             for a, b in zip(bounds[:-1], bounds[1:])]
-    return np.concatenate(parts, axis=1)
-
-
 def scores(y: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     from imgclust.metrics import evaluate
 
@@ -119,9 +112,10 @@ def main() -> None:
             for seed in seeds:
                 started = time.perf_counter()
                 if method == "kmeans":
-                    fitted = kmeans(unit_spaces(train_x, widths), 10, seed=seed)
+                    fitted = kmeans(kf.unit_concat(kf.split_spaces(train_x, widths)), 10, seed=seed)
                     seconds = time.perf_counter() - started
-                    test_labels = KMeansModel(fitted.centers).assign(unit_spaces(test_x, widths)).labels
+                    test_unit = kf.unit_concat(kf.split_spaces(test_x, widths))
+                    test_labels = KMeansModel(fitted.centers).assign(test_unit).labels
                     train_labels, info = fitted.labels, {}
                 else:
                     result = fit_turtle(FitContext(features=train_x, n_clusters=10, seed=seed,

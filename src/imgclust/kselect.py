@@ -184,8 +184,11 @@ def parse_k_range(text: str | Sequence[int] | None, n: int | None = None) -> tup
     return low, high
 
 
-def _k_values(k_range: tuple[int, int], n: int, n_distinct: int) -> list[int]:
+def k_values(k_range: tuple[int, int], n: int, n_distinct: int | None = None) -> list[int]:
+    """The K that :func:`estimate_k` scores for ``k_range`` on ``n`` rows, ``n_distinct`` of them distinct
+    (default: all)."""
     low, high = k_range
+    n_distinct = n if n_distinct is None else n_distinct
     # Cap the top so that clusters average at least MIN_CLUSTER_SIZE rows: K near N means nothing.
     high = min(high, n // MIN_CLUSTER_SIZE, n_distinct)
     if high < low:
@@ -417,7 +420,7 @@ def _estimate_k(features: Any, low_high: tuple[int, int], wanted: list[str], see
         keep = np.sort(np.random.default_rng(seed).choice(n_total, max_samples, replace=False))
         x = x[keep]
     n_distinct = np.unique(x.view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel()).size
-    ks = _k_values(low_high, x.shape[0], n_distinct)
+    ks = k_values(low_high, x.shape[0], n_distinct)
     n_neighbors = graph_neighbors(n_neighbors, x.shape[0])
     graph = nearest_neighbors(x, n_neighbors).indices if "modularity" in wanted else None
 
