@@ -1,8 +1,8 @@
 """TURTLE on CIFAR-10 (issue 17's target): fit on the first ``--per-class`` train images of every class, assign
 the first ``--test-per-class`` test images with the fitted model, score ACC/NMI/ARI there. Rows: k-means and
-TURTLE with EfficientNet-Lite0, and with Lite0 + Lite2 as two spaces (k-means: the concatenation of the
-L2-normalised spaces); three seeds, mean ± sd, fit seconds. TURTLE runs with the library's defaults (chosen on
-the development sets by ``turtle_dev.py``, never here).
+TURTLE (``--methods`` adds umap-kmeans) with EfficientNet-Lite0, and with Lite0 + Lite2 as two spaces (k-means,
+umap-kmeans: the concatenation of the L2-normalised spaces); three seeds, mean ± sd, fit seconds. Every method runs
+with the library's defaults (TURTLE's chosen on the development sets by ``turtle_dev.py``, never here).
 
     python benchmarks/turtle_cifar.py                       # the issue's setting: 10,000 train / 10,000 test
     python benchmarks/turtle_cifar.py --per-class 300 --test-per-class 300
@@ -49,7 +49,7 @@ def summarise(runs: list[dict]) -> list[dict]:
     """Mean ± sd over seeds of every (features, method)."""
     rows = []
     for row in dict.fromkeys(r["row"] for r in runs):
-        for method in ("kmeans", "turtle"):
+        for method in dict.fromkeys(r["method"] for r in runs):
             mine = [r for r in runs if r["row"] == row and r["method"] == method]
             if not mine:
                 continue
@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--test-per-class", type=int, default=1000, help="test images per class (scored)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--methods", default="kmeans,turtle", help="of kmeans, turtle, umap-kmeans")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="TURTLE option other than the default (recorded), repeatable")
     parser.add_argument("--out", default="turtle_cifar", help="result name (benchmarks/results/NAME.json)")
@@ -88,6 +89,7 @@ def main() -> None:
         print("wrote", path)
         return
 
+    from imgclust.methods import fit_method
     from imgclust.methods.base import FitContext
     from imgclust.methods.kmeans import KMeansModel, kmeans
     from imgclust.methods.turtle import fit_turtle
@@ -108,7 +110,7 @@ def main() -> None:
         backbones = ROWS[row]
         train_x, train_y, widths = features(backbones, "train", args.per_class)
         test_x, test_y, _ = features(backbones, "test", args.test_per_class)
-        for method in ("kmeans", "turtle"):
+        for method in args.methods.split(","):
             for seed in seeds:
                 started = time.perf_counter()
                 if method == "kmeans":
@@ -117,6 +119,12 @@ def main() -> None:
                     test_unit = kf.unit_concat(kf.split_spaces(test_x, widths))
                     test_labels = KMeansModel(fitted.centers).assign(test_unit).labels
                     train_labels, info = fitted.labels, {}
+                elif method == "umap-kmeans":  # the library's defaults, on the spaces as the library combines them
+                    result = fit_method(method, FitContext(features=kf.unit_concat(kf.split_spaces(train_x, widths)),
+                                                           n_clusters=10, seed=seed))
+                    seconds = time.perf_counter() - started
+                    test_labels = result.model.assign(kf.unit_concat(kf.split_spaces(test_x, widths))).labels
+                    train_labels, info = result.assignment.labels, {"umap_kmeans": result.info}
                 else:
                     result = fit_turtle(FitContext(features=train_x, n_clusters=10, seed=seed,
                                                    options={"spaces": widths, **options}))

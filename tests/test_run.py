@@ -85,6 +85,7 @@ def test_run_cluster_writes_the_folder_the_cli_writes(photos: Path, cache: Path,
         assert section in _report(api) and section in _report(cli), section
     assert "K = " in printed and "ACC" in printed
     assert f"better:  -k {result.clusterer.n_clusters_} --method auto" in printed  # k-means' run points further
+    assert f"or:      -k {result.clusterer.n_clusters_} --method umap-kmeans" in printed
 
 
 def test_rerun_into_a_used_folder_leaves_nothing_stale(photos: Path, flat_photos: Path, cache: Path,

@@ -28,6 +28,7 @@ from . import kmeans  # noqa: E402,F401  (registers "kmeans")
 from . import icbpl  # noqa: E402,F401  (registers "icbpl")
 from . import secu  # noqa: E402,F401  (registers "secu")
 from . import turtle  # noqa: E402,F401  (registers "turtle")
+from . import umap_kmeans  # noqa: E402,F401  (registers "umap-kmeans")
 from . import auto  # noqa: E402,F401  (registers "auto": keeps the best candidate by the label-free score)
 
 __all__ = [

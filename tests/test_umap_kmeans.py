@@ -1,0 +1,123 @@
+"""umap-kmeans: k-means on a UMAP embedding, read out by a ridge classifier; save/load, predict, errors."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from imgclust.errors import ImgclustError
+from imgclust.methods import FitContext, fit_method, load_model
+from imgclust.methods.umap_kmeans import UmapKMeansModel, umap_kmeans
+from imgclust.metrics import cluster_accuracy
+
+pytest.importorskip("umap", reason="umap-kmeans needs umap-learn (installed by scripts/setup.sh)")
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    """600 of scikit-learn's real 8x8 digit images (64 pixels each): UMAP's neighbour graph follows the
+    strokes' variations where k-means' convex cells cut across them."""
+    x, y = load_digits(return_X_y=True)
+    return x[:600].astype(np.float32), y[:600].astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def fitted(digits):
+    x, _ = digits
+    return fit_method("umap-kmeans", FitContext(features=x, n_clusters=10, seed=0))
+
+
+def test_beats_kmeans_on_real_digits(digits, fitted) -> None:
+    x, y = digits
+    kmeans = fit_method("kmeans", FitContext(features=x, n_clusters=10, seed=0))
+    umap_acc = cluster_accuracy(y, fitted.assignment.labels)
+    kmeans_acc = cluster_accuracy(y, kmeans.assignment.labels)
+    assert umap_acc >= kmeans_acc + 0.03, (umap_acc, kmeans_acc)  # measured: 0.887 against 0.840
+    assert 0 < fitted.info["moved_by_readout"] < 0.2 and fitted.info["readout_kept"]
+
+
+def test_partition_is_the_models_own_and_survives_save_and_load(digits, fitted) -> None:
+    x, _ = digits
+    model = fitted.model
+    again = model.assign(x)
+    np.testing.assert_array_equal(again.labels, fitted.assignment.labels)  # predict gives training rows back
+    assert np.all((0 <= again.confidence) & (again.confidence <= 1)) and again.confidence.mean() > 0.5
+    assert np.all((0 <= again.distance) & (again.distance <= 2))
+    loaded = load_model("umap-kmeans", model.state_tensors(), model.config())
+    assert isinstance(loaded, UmapKMeansModel)
+    np.testing.assert_array_equal(loaded.assign(x[::7]).labels, fitted.assignment.labels[::7])
+    # the assignment depends on each row's direction only (features are L2-normalised first)
+    np.testing.assert_array_equal(loaded.assign(3.0 * x[:50]).labels, fitted.assignment.labels[:50])
+
+
+def test_same_seed_same_partition(digits, fitted) -> None:
+    x, _ = digits
+    again = fit_method("umap-kmeans", FitContext(features=x, n_clusters=10, seed=0))
+    np.testing.assert_array_equal(again.assignment.labels, fitted.assignment.labels)
+
+
+def test_rows_past_fit_rows_are_assigned_by_the_readout(digits) -> None:
+    x, y = digits
+    model, info = umap_kmeans(x, 10, seed=1, fit_rows=300)
+    assert info["fit_rows"] == 300
+    labels = model.assign(x).labels
+    assert np.unique(labels).size == 10 and cluster_accuracy(y, labels) > 0.7
+
+
+def test_without_cross_fitting_the_classifier_stays_closer_to_the_umap_partition(digits) -> None:
+    x, _ = digits
+    moved = [umap_kmeans(x[:300], 5, seed=0, readout_folds=folds)[1]["moved_by_readout"] for folds in (0, 5)]
+    assert moved[0] < moved[1]
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"n_neighbors": 1}, "n_neighbors"),
+    ({"readout_folds": 1}, "readout_folds"),
+    ({"min_dist": 2.0}, "min_dist"),
+    ({"fit_rows": 0}, "fit_rows"),
+])
+def test_bad_options_say_which(digits, options, match) -> None:
+    with pytest.raises(ImgclustError, match=match):
+        fit_method("umap-kmeans", FitContext(features=digits[0][:100], n_clusters=3, options=options))
+
+
+def test_too_few_images_and_missing_package_are_explained(digits, monkeypatch) -> None:
+    with pytest.raises(ImgclustError, match="K \\+ 2"):
+        umap_kmeans(digits[0][:6], 4)
+    with pytest.raises(ImgclustError, match="cannot make K=20"):
+        umap_kmeans(digits[0][:10], 20)
+    monkeypatch.setitem(sys.modules, "umap", None)  # as if umap-learn were not installed
+    with pytest.raises(ImgclustError, match="umap-learn") as err:
+        umap_kmeans(digits[0][:100], 3)
+    assert "pip install" in err.value.fix
+
+
+def test_inconsistent_saved_model_is_refused(fitted) -> None:
+    tensors = fitted.model.state_tensors()
+    tensors["bias"] = tensors["bias"][:5]
+    with pytest.raises(ImgclustError, match="inconsistent"):
+        UmapKMeansModel.from_state(tensors, fitted.model.config())
+    with pytest.raises(ImgclustError, match="dimensions"):
+        fitted.model.assign(np.ones((3, 7), dtype=np.float32))
+
+
+def test_cli_run_on_embeddings_predicts_its_own_rows_back(digits, tmp_path, capsys) -> None:
+    from imgclust.cli import main
+
+    x, y = digits
+    np.savez(tmp_path / "digits.npz", features=x, labels=y)
+    out = tmp_path / "run"
+    assert main(["cluster", str(tmp_path / "digits.npz"), "-k", "10", "--method", "umap-kmeans", "--out", str(out),
+                 "--no-report"]) == 0
+    summary = capsys.readouterr().out
+    assert "umap-kmeans" in summary and "this score runs high" in summary
+    assert main(["predict", str(out), str(tmp_path / "digits.npz"), "--out", str(tmp_path / "again.csv")]) == 0
+    import csv
+    with open(out / "assignments.csv") as f:
+        first = [int(r["cluster"]) for r in csv.DictReader(f)]
+    with open(tmp_path / "again.csv") as f:
+        again = [int(r["cluster"]) for r in csv.DictReader(f)]
+    assert first == again and len(first) == len(x)
