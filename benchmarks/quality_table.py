@@ -118,10 +118,7 @@ SETS: dict[str, tuple[int, Callable, Callable | None]] = {
 
 def load_split(load: Callable, spaces_name: str) -> Split:
     """The features of ``spaces_name``'s backbones as the library combines them (several: each L2-normalised)."""
-    x, labels, widths = kf.side_by_side(load, BACKBONES[spaces_name])
-    bounds = np.cumsum([0] + widths)
-    return (kf.unit_concat(kf.split_spaces(x, widths)), labels,
-            [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])])
+    return kf.library_features(load, BACKBONES[spaces_name])
 
 
 def score(fit: Split, labels: np.ndarray, seed: int) -> float:

@@ -110,20 +110,20 @@ def main() -> None:
         backbones = ROWS[row]
         train_x, train_y, widths = features(backbones, "train", args.per_class)
         test_x, test_y, _ = features(backbones, "test", args.test_per_class)
+        # the spaces as k-means and umap-kmeans get them from the library (TURTLE takes them apart)
+        train_unit, test_unit = (kf.unit_concat(kf.split_spaces(x, widths)) for x in (train_x, test_x))
         for method in args.methods.split(","):
             for seed in seeds:
                 started = time.perf_counter()
                 if method == "kmeans":
-                    fitted = kmeans(kf.unit_concat(kf.split_spaces(train_x, widths)), 10, seed=seed)
+                    fitted = kmeans(train_unit, 10, seed=seed)
                     seconds = time.perf_counter() - started
-                    test_unit = kf.unit_concat(kf.split_spaces(test_x, widths))
                     test_labels = KMeansModel(fitted.centers).assign(test_unit).labels
                     train_labels, info = fitted.labels, {}
                 elif method == "umap-kmeans":  # the library's defaults, on the spaces as the library combines them
-                    result = fit_method(method, FitContext(features=kf.unit_concat(kf.split_spaces(train_x, widths)),
-                                                           n_clusters=10, seed=seed))
+                    result = fit_method(method, FitContext(features=train_unit, n_clusters=10, seed=seed))
                     seconds = time.perf_counter() - started
-                    test_labels = result.model.assign(kf.unit_concat(kf.split_spaces(test_x, widths))).labels
+                    test_labels = result.model.assign(test_unit).labels
                     train_labels, info = result.assignment.labels, {"umap_kmeans": result.info}
                 else:
                     result = fit_turtle(FitContext(features=train_x, n_clusters=10, seed=seed,

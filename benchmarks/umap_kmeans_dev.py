@@ -31,10 +31,7 @@ def fit_and_score(name: str, backbones: list[str], seeds: list[int]) -> list[dic
     from imgclust.score import partition_score
 
     k, load = (10, kf.cifar10_train_10k) if name == kf.TRAIN_10K else kf.DEV_SETS[name]
-    x, y, widths = kf.side_by_side(load, backbones)
-    features = kf.unit_concat(kf.split_spaces(x, widths))
-    spaces = np.cumsum([0, *widths])
-    spaces = [(int(a), int(b)) for a, b in zip(spaces, spaces[1:])]
+    features, y, spaces = kf.library_features(load, backbones)
     records = []
     for seed in seeds:
         record = {"set": name, "k": k, "n": len(y), "seed": seed}

@@ -170,11 +170,11 @@ def umap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: int 
     umap_labels = KMeans(k, n_init=n_init, random_state=seed).fit_predict(embedding).astype(np.int64)
     readout = _cross_fitted_readout(x, umap_labels, k, readout_folds, seed) if readout_folds else umap_labels
     weights, bias = _ridge(x, readout, k)
-    labels = (x @ weights.T + bias).argmax(axis=1)
+    labels = _predict(x, weights, bias)
     readout_kept = np.unique(labels).size == np.unique(umap_labels).size
     if not readout_kept:  # the readout emptied a cluster: keep the UMAP partition, and a classifier of it
         weights, bias = _ridge(x, umap_labels, k)
-        labels = (x @ weights.T + bias).argmax(axis=1)
+        labels = _predict(x, weights, bias)
     centres = np.zeros((k, x.shape[1]), dtype=np.float32)
     np.add.at(centres, labels, x)
     centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
@@ -190,6 +190,11 @@ def _ridge(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
     return ridge.coef_.astype(np.float32), np.asarray(ridge.intercept_, dtype=np.float32)
 
 
+def _predict(x: np.ndarray, weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """The ridge classifier's cluster for each (unit) row."""
+    return (x @ weights.T + bias).argmax(axis=1)
+
+
 def _cross_fitted_readout(x: np.ndarray, labels: np.ndarray, k: int, folds: int, seed: int) -> np.ndarray:
     """Each row's cluster as predicted by a ridge classifier trained on the other folds."""
     out = np.empty_like(labels)
@@ -199,7 +204,7 @@ def _cross_fitted_readout(x: np.ndarray, labels: np.ndarray, k: int, folds: int,
         splits = StratifiedKFold(min(folds, len(x)), shuffle=True, random_state=seed).split(x, labels)
         for train, test in splits:
             weights, bias = _ridge(x[train], labels[train], k)
-            out[test] = (x[test] @ weights.T + bias).argmax(axis=1)
+            out[test] = _predict(x[test], weights, bias)
     return out
 
 
