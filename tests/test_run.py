@@ -84,8 +84,9 @@ def test_run_cluster_writes_the_folder_the_cli_writes(photos: Path, cache: Path,
     for section in ('id="k"', 'id="metrics"', 'id="map"', 'id="clusters"'):
         assert section in _report(api) and section in _report(cli), section
     assert "K = " in printed and "ACC" in printed
-    assert f"better:  -k {result.clusterer.n_clusters_} --method auto" in printed  # k-means' run points further
-    assert f"or:      -k {result.clusterer.n_clusters_} --method umap-kmeans" in printed
+    k = result.clusterer.n_clusters_  # the default method's run points to a second backbone and to the baseline
+    assert f"better:  -k {k} --backbone efficientnet_lite0,efficientnet_lite2" in printed
+    assert f"or:      -k {k} --method kmeans" in printed
 
 
 def test_rerun_into_a_used_folder_leaves_nothing_stale(photos: Path, flat_photos: Path, cache: Path,

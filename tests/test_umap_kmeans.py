@@ -84,9 +84,17 @@ def test_bad_options_say_which(digits, options, match) -> None:
         fit_method("umap-kmeans", FitContext(features=digits[0][:100], n_clusters=3, options=options))
 
 
-def test_too_few_images_and_missing_package_are_explained(digits, monkeypatch) -> None:
-    with pytest.raises(ImgclustError, match="K \\+ 2"):
-        umap_kmeans(digits[0][:6], 4)
+def test_too_few_images_for_a_layout_fall_back_to_kmeans_and_predict_it(digits) -> None:
+    # As the default method it must cluster whatever k-means can: 6 images into 4 clusters get k-means' partition.
+    x = digits[0][:6]
+    model, info = umap_kmeans(x, 4, seed=0)
+    kmeans = fit_method("kmeans", FitContext(features=x, n_clusters=4, seed=0))
+    assert "too few" in info["fallback"] and "K + 2" in info["fallback"]
+    np.testing.assert_array_equal(model.assign(x).labels, kmeans.assignment.labels)
+    assert umap_kmeans(digits[0][:7], 4, seed=0)[1].get("fallback") is None  # one more image: UMAP's layout
+
+
+def test_impossible_k_and_missing_package_are_explained(digits, monkeypatch) -> None:
     with pytest.raises(ImgclustError, match="cannot make K=20"):
         umap_kmeans(digits[0][:10], 20)
     monkeypatch.setitem(sys.modules, "umap", None)  # as if umap-learn were not installed

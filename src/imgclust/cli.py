@@ -18,6 +18,7 @@ from .errors import ImgclustError
 from .export import export_clusters, format_result
 from .features.engines import ENGINES
 from .kselect import CRITERIA, DEFAULT_CRITERION
+from .methods import DEFAULT_METHOD
 from .predict import format_prediction, predict_images, write_prediction
 from .report.html import write_report
 from .run import run_cluster
@@ -87,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "k_selection.json/.png")
     cluster.add_argument("--k-criterion", default=None, choices=CRITERIA,
                          help=f"criterion for estimating K (default: {DEFAULT_CRITERION})")
-    cluster.add_argument("--method", default="kmeans", help="clustering method (see `imgclust methods`)")
+    cluster.add_argument("--method", default=DEFAULT_METHOD,
+                         help=f"clustering method (see `imgclust methods`); default: {DEFAULT_METHOD}")
     cluster.add_argument("--backbone", default="efficientnet_lite0",
                          help="feature extractor (see `imgclust backbones`); default: efficientnet_lite0")
     cluster.add_argument("--weights", help="local .safetensors/.pth weights file for the backbone")

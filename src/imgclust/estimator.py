@@ -21,7 +21,7 @@ from .errors import ImgclustError
 from .features import FeatureSource, resolve_device
 from .features.extract import DEFAULT_SHARD_SIZE
 from .kselect import CRITERIA, DEFAULT_CRITERION, estimate_k, parse_k_range
-from .methods import available_methods, fit_input, fit_method, load_model
+from .methods import DEFAULT_METHOD, available_methods, fit_input, fit_method, load_model
 from .methods.base import Assignment, ClusterModel, FitContext
 from .metrics import evaluate
 from .naming import name_clusters_with_head
@@ -45,7 +45,8 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
             (on a CPU the fastest installed engine that gives PyTorch's float32 features, measured once per
             backbone; PyTorch on a GPU), ``"torch"``, ``"onnxruntime"``, ``"openvino"``.
         quality_score: compute ``quality_``, the label-free score of the partition (a few seconds).
-        method: ``"kmeans"`` (the baseline), ``"icbpl"`` or ``"secu"`` — see ``available_methods()``.
+        method: ``"umap-kmeans"`` (the default), ``"kmeans"`` (the baseline), ``"turtle"``, ``"icbpl"``, ``"secu"``
+            or ``"auto"`` — see ``available_methods()``.
         backbone: backbone name (``imgclust.backbones.available_backbones()``), default EfficientNet-Lite0.
         weights: local weights file for the backbone (``.safetensors``/``.pth``); ``None`` = the default.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``…
@@ -80,7 +81,7 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         timings_: seconds per stage.
     """
 
-    def __init__(self, n_clusters: int | str = 10, method: str = "kmeans", backbone: str = "efficientnet_lite0",
+    def __init__(self, n_clusters: int | str = 10, method: str = DEFAULT_METHOD, backbone: str = "efficientnet_lite0",
                  weights: str | None = None, device: str = "auto", batch_size: int = 64,
                  num_workers: int | None = None, cache_dir: str | None = None, random_state: int = 0,
                  method_options: dict[str, Any] | None = None, run_dir: str | None = None,

@@ -29,7 +29,7 @@ from ._io import RunLock
 from .data import DEFAULT_MAX_PIXELS
 from .estimator import ImageClusterer
 from .kselect import KSelection
-from .methods import validate_options
+from .methods import DEFAULT_METHOD, validate_options
 from .report.html import RunData, write_report
 from .report.plots import k_selection_figure, save_png
 from .duplicates import (DuplicateReport, dataset_digests, duplicate_rows, find_duplicates_and_outliers, outlier_rows,
@@ -63,7 +63,7 @@ def default_out(source: str, method: str, n_clusters: int | str) -> Path:
 
 
 def run_cluster(source: Any, out: str | os.PathLike | None = None, *, n_clusters: int | str = "auto",
-                method: str = "kmeans", method_options: dict[str, Any] | None = None,
+                method: str = DEFAULT_METHOD, method_options: dict[str, Any] | None = None,
                 backbone: str = "efficientnet_lite0", weights: str | None = None, device: str = "auto",
                 precision: str = "auto", batch_size: int = 64, num_workers: int | None = None,
                 cache_dir: str | os.PathLike | None = None, shard_size: int = 2048, seed: int = 0,

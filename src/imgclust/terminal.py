@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .kselect import KSelection, neighbouring_levels, resolution_range_text, steps_in_view
-from .methods import Derived, available_methods, get_method
+from .methods import DEFAULT_METHOD, Derived, available_methods, get_method
 from .runfolder import DUPLICATES, K_SELECTION_PNG, OUTLIERS
 
 
@@ -72,6 +72,8 @@ def format_summary(result: Any, with_curve: bool = True) -> str:
     info = clusterer.fit_info_ or {}
     if quality is not None and info.get("score_note"):
         lines.append(f"    note: {info['score_note']}")
+    if info.get("fallback"):
+        lines.append(f"  fell back to {info['fallback']}")
     for candidate in info.get("candidates") or []:  # --method auto
         lines.append(f"    candidate {candidate['method']:<8} score {candidate['score']:.3f}  "
                      f"fit {candidate['fit_seconds']:.0f} s" + ("   ← kept" if candidate['method'] == info.get("winner")
@@ -94,14 +96,15 @@ def format_summary(result: Any, with_curve: bool = True) -> str:
         if any(key.startswith("plots/") for key in paths):
             lines.append(f"  plots:   {out / 'plots'}/")
         lines.append(f"  next:    imgclust export {out} --to DIR     |   imgclust predict {out} NEW_IMAGES")
-    if clusterer.method == "kmeans":  # the fast default; the quality table says what the slower methods gain
-        second = " --backbone efficientnet_lite0,efficientnet_lite2" if clusterer.backbone == "efficientnet_lite0" else ""
-        lines.append(f"  better:  -k {k} --method auto{second}")
-        lines.append("           (fits k-means, TURTLE and ICBPL, keeps the best by the score; with both backbones "
-                     "+0.03 to +0.26 ACC over k-means on BENCHMARKS.md's quality table; takes minutes)")
-        lines.append(f"  or:      -k {k} --method umap-kmeans")
-        lines.append("           (k-means on a UMAP embedding: +0.01 to +0.26 ACC over k-means on the same table, "
-                     "in seconds; it lost 0.09 on one development set of 20)")
+    if clusterer.method == DEFAULT_METHOD:  # what the quality table and the development sets say to try next
+        if clusterer.backbone == "efficientnet_lite0":
+            lines.append(f"  better:  -k {k} --backbone efficientnet_lite0,efficientnet_lite2")
+            lines.append("           (a second backbone's features as well: +0.02 to +0.05 ACC on the CIFAR "
+                         "development sets, +0.003 to +0.13 on 5 of BENCHMARKS.md's 6 quality-table sets, -0.02 on "
+                         "Fashion-MNIST; one more extraction)")
+        lines.append(f"  or:      -k {k} --method kmeans")
+        lines.append("           (the baseline, seconds: ahead of umap-kmeans on 1 development set of 20, where "
+                     "UMAP split one class and merged two)")
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from .base import Assignment, ClusterModel, FitContext, FitResult
 from .options import Derived, Option, OptionSet, ResolvedOptions
 from .registry import (
+    DEFAULT_METHOD,
     METHODS,
     Method,
     available_methods,
@@ -38,6 +39,7 @@ __all__ = [
     "FitResult",
     "Method",
     "METHODS",
+    "DEFAULT_METHOD",
     "Option",
     "OptionSet",
     "Derived",
