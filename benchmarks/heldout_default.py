@@ -1,11 +1,17 @@
 """The default method against k-means on labelled data that no choice of the library ever looked at.
 
 Every setting of the library was chosen on the development sets (``_kfeatures.DEV_SETS``) and every method was
-measured on the quality table's evaluation sets. This benchmark adds a data set used by neither, after the decision
-that made umap-kmeans the default (issue 17, session 26): **Animal-MNIST** (PyPI ``animal-mnist`` 0.4: 28×28 animal
-silhouettes, 10 classes: bear, bird, cat, cow, dog, elephant, giraffe, horse, sheep, zebra), the first
-``--per-class`` (300) images of each class, read from the wheel without installing it (its loader imports
-tensorflow): ``pip download animal-mnist==0.4 --no-deps -d benchmarks/cache/wheels``.
+measured on the quality table's evaluation sets. This benchmark adds data sets used by neither, run after the
+decision that made umap-kmeans the default (issue 17, session 26), each read from a package file without installing
+the package (``pip download ... --no-deps -d benchmarks/cache/wheels``):
+
+- ``animal-mnist``: PyPI ``animal-mnist`` 0.4, 28×28 animal silhouettes, 10 classes (bear, bird, cat, cow, dog,
+  elephant, giraffe, horse, sheep, zebra), the first ``--per-class`` (300) of each class (its own loader imports
+  tensorflow, so the pickles are read from the wheel);
+- ``pyclustering-digits``: the 250 32×32 RGB digit images (25 per digit) in PyPI ``pyclustering`` 0.10.1.2's sdist
+  (``pip download pyclustering==0.10.1.2 --no-deps --no-binary :all:``);
+- ``lfw-subset``: scikit-image 0.26.0's ``lfw_subset.npy``, 200 25×25 grey images: 100 faces, then 100 non-faces
+  (K = 2).
 
 The images go through the library as a user's ``.npz`` would (``imgclust.data.load_source``, default backbone
 EfficientNet-Lite0, features cached under benchmarks/cache/); k-means and umap-kmeans run with their defaults, seeds
@@ -18,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import io
 import pickle
+import tarfile
 import time
 import zipfile
 
@@ -30,18 +38,50 @@ from _common import REPO, machine, print_table, save_result
 ANIMAL_WHEEL = REPO / "benchmarks" / "cache" / "wheels" / "animal_mnist-0.4-py3-none-any.whl"
 ANIMAL_DATA = "animal_mnist/data/Animal_MNIST/animal_{}_version_3.gz"
 ANIMAL_CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
+PYCLUSTERING_SDIST = REPO / "benchmarks" / "cache" / "wheels" / "pyclustering-0.10.1.2.tar.gz"
+SKIMAGE_WHEEL = REPO / "benchmarks" / "cache" / "wheels" / (
+    "scikit_image-0.26.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl")
 METHODS = ("kmeans", "umap-kmeans")
+
+
+def _require(path) -> None:
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: see this script's docstring for the pip download command")
 
 
 def animal_mnist(per_class: int) -> tuple[np.ndarray, np.ndarray]:
     """The first ``per_class`` silhouettes of each class (row order), as (N, 28, 28) uint8, and their labels."""
-    if not ANIMAL_WHEEL.exists():
-        raise SystemExit(f"{ANIMAL_WHEEL} is missing: pip download animal-mnist==0.4 --no-deps -d {ANIMAL_WHEEL.parent}")
+    _require(ANIMAL_WHEEL)
     with zipfile.ZipFile(ANIMAL_WHEEL) as wheel:
         images, labels = (np.asarray(pickle.loads(gzip.decompress(wheel.read(ANIMAL_DATA.format(part)))))
                           for part in ("data", "label"))
     keep = kf._stratified(labels, per_class)
     return images[keep].astype(np.uint8), labels[keep].astype(np.int64)
+
+
+def pyclustering_digits(per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sdist's 250 digit images (``Digit_<d>_SampleNN.png``, 32×32 RGB) and their digits."""
+    _require(PYCLUSTERING_SDIST)
+    from PIL import Image
+
+    images, labels = [], []
+    with tarfile.open(PYCLUSTERING_SDIST) as sdist:
+        for name in sorted(n for n in sdist.getnames() if "/samples/images/digits/Digit_" in n):
+            images.append(np.asarray(Image.open(io.BytesIO(sdist.extractfile(name).read())).convert("RGB")))
+            labels.append(int(name.rsplit("Digit_", 1)[1].split("_")[0]))
+    return np.stack(images).astype(np.uint8), np.asarray(labels, dtype=np.int64)
+
+
+def lfw_subset(per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-image's 200 grey 25×25 images in [0, 1]: the first 100 faces (label 0), the next 100 not (1)."""
+    _require(SKIMAGE_WHEEL)
+    with zipfile.ZipFile(SKIMAGE_WHEEL) as wheel:
+        images = np.load(io.BytesIO(wheel.read("skimage/data/lfw_subset.npy")))
+    return np.round(images * 255).astype(np.uint8), np.repeat(np.arange(2), 100)
+
+
+#: name → loader(per_class) of (uint8 images, labels); per_class only thins the larger sets.
+HELDOUT_SETS = {"animal-mnist": animal_mnist, "pyclustering-digits": pyclustering_digits, "lfw-subset": lfw_subset}
 
 
 def main() -> None:
@@ -55,31 +95,37 @@ def main() -> None:
     from imgclust.methods import FitContext, fit_method
     from imgclust.metrics import cluster_accuracy, evaluate
 
-    images, labels = animal_mnist(args.per_class)
-    source = kf.CACHE.parent / f"animal_mnist_{args.per_class}.npz"
-    source.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(source, images=images, labels=labels)
-    features = kf._extract_one(load_source(str(source)), kf.DEFAULT_BACKBONE)
     runs = []
-    for seed in seeds:
-        for method in METHODS:
-            started = time.perf_counter()
-            result = fit_method(method, FitContext(features=features, n_clusters=len(ANIMAL_CLASSES), seed=seed))
-            seconds = time.perf_counter() - started
-            scores = evaluate(labels, result.assignment.labels)
-            runs.append({"set": "animal-mnist", "method": method, "seed": seed, "fit_seconds": round(seconds, 1),
-                         "acc": cluster_accuracy(labels, result.assignment.labels),
-                         "nmi": scores["nmi"], "ari": scores["ari"]})
-            print(runs[-1], flush=True)
+    for set_name, load in HELDOUT_SETS.items():
+        images, labels = load(args.per_class)
+        source = kf.CACHE.parent / f"heldout_{set_name}_{len(labels)}.npz"
+        source.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(source, images=images, labels=labels)
+        features = kf._extract_one(load_source(str(source)), kf.DEFAULT_BACKBONE)
+        k = int(np.unique(labels).size)
+        for seed in seeds:
+            for method in METHODS:
+                started = time.perf_counter()
+                result = fit_method(method, FitContext(features=features, n_clusters=k, seed=seed))
+                seconds = time.perf_counter() - started
+                scores = evaluate(labels, result.assignment.labels)
+                runs.append({"set": set_name, "n": int(len(labels)), "k": k, "method": method, "seed": seed,
+                             "fit_seconds": round(seconds, 1),
+                             "acc": cluster_accuracy(labels, result.assignment.labels),
+                             "nmi": scores["nmi"], "ari": scores["ari"]})
+                print(runs[-1], flush=True)
     rows = []
-    for method in METHODS:
-        acc = [r["acc"] for r in runs if r["method"] == method]
-        rows.append({"method": method, "ACC": f"{np.mean(acc):.3f} ± {np.std(acc):.3f}",
-                     "per seed": " / ".join(f"{a:.3f}" for a in acc),
-                     "NMI": round(float(np.mean([r["nmi"] for r in runs if r["method"] == method])), 3),
-                     "fit s": round(float(np.mean([r["fit_seconds"] for r in runs if r["method"] == method])), 1)})
-    table = print_table(rows, ["method", "ACC", "per seed", "NMI", "fit s"])
-    save_result("heldout_default", {"machine": machine(), "data": f"Animal-MNIST, first {args.per_class} per class",
+    for set_name in HELDOUT_SETS:
+        for method in METHODS:
+            mine = [r for r in runs if r["set"] == set_name and r["method"] == method]
+            acc = [r["acc"] for r in mine]
+            rows.append({"set": set_name, "images": mine[0]["n"], "K": mine[0]["k"], "method": method,
+                         "ACC": f"{np.mean(acc):.3f} ± {np.std(acc):.3f}",
+                         "per seed": " / ".join(f"{a:.3f}" for a in acc),
+                         "NMI": round(float(np.mean([r["nmi"] for r in mine])), 3),
+                         "fit s": round(float(np.mean([r["fit_seconds"] for r in mine])), 1)})
+    table = print_table(rows, ["set", "images", "K", "method", "ACC", "per seed", "NMI", "fit s"])
+    save_result("heldout_default", {"machine": machine(), "sets": list(HELDOUT_SETS), "per_class": args.per_class,
                                     "backbone": kf.DEFAULT_BACKBONE, "seeds": seeds, "runs": runs, "summary": rows,
                                     "table": table})
 
