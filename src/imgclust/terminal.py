@@ -113,7 +113,7 @@ def describe_methods() -> str:
     lines = []
     for name in available_methods():
         method = get_method(name)
-        lines.append(f"{name}: {method.summary}")
+        lines.append(f"{name}{' (the default)' if name == DEFAULT_METHOD else ''}: {method.summary}")
         options = method.options.options.values() if method.options is not None else []
         for option in options:
             default = option.default if not isinstance(option.default, Derived) else (option.default.doc or "derived")

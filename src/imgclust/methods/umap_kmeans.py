@@ -225,8 +225,7 @@ UMAP_KMEANS_OPTIONS = OptionSet("umap-kmeans", options_from_signature("method", 
 
 
 @register_method("umap-kmeans", model=UmapKMeansModel, options=UMAP_KMEANS_OPTIONS,
-                 summary="k-means on a UMAP embedding of the features, read out by a linear classifier "
-                         "(needs umap-learn)")
+                 summary="k-means on a UMAP embedding of the features, read out by a linear classifier")
 def fit_umap_kmeans(context: FitContext) -> FitResult:
     """Registry entry point: :func:`umap_kmeans` on ``context.features``; options: its keyword parameters."""
     opts = UMAP_KMEANS_OPTIONS.resolve(context.options)
