@@ -136,6 +136,14 @@ def _as_rows(features: np.ndarray | torch.Tensor) -> np.ndarray:
     return x
 
 
+def mean_directions(unit_rows: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndarray:
+    """(K, D) float32 unit mean direction of each cluster's unit rows, summed in float64 (the spherical k-means
+    centres of a given partition; zero for an empty cluster)."""
+    sums = np.zeros((n_clusters, unit_rows.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, unit_rows)
+    return (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
 def _check_k(x: np.ndarray, n_clusters: int) -> None:
     """Raise ImgclustError unless 2 <= K <= number of distinct (normalised) rows."""
     n = x.shape[0]

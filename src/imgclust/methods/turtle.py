@@ -39,6 +39,7 @@ from ..errors import ImgclustError
 from ..train.loop import TrainConfig, fit
 from ..train.protocol import Batch, InputSpec, MethodBase, TrainInputs, unwrap
 from .base import Assignment, ClusterModel, FitContext, FitResult
+from .kmeans import mean_directions
 from .options import Option, OptionSet
 from .registry import register_method
 
@@ -528,13 +529,6 @@ class TurtleModel(ClusterModel):
         return cls(net, preprocessors, tensors["centres"].float().numpy(), turtle_config)
 
 
-def _centres(raw: np.ndarray, labels: np.ndarray, spaces: Sequence[tuple[int, int]], k: int) -> np.ndarray:
-    unit = _unit_concat(raw, spaces)
-    centres = np.zeros((k, unit.shape[1]), dtype=np.float64)
-    np.add.at(centres, labels, unit)
-    norms = np.linalg.norm(centres, axis=1, keepdims=True)
-    return (centres / np.maximum(norms, 1e-12)).astype(np.float32)
-
 
 # -------------------------------------------------------------------------------------------------------------
 # Registry entry point
@@ -603,7 +597,8 @@ def fit_turtle(context: FitContext) -> FitResult:
             result = fit(method, inputs, train_config, device=context.device, run_dir=run_dir, resume=context.resume)
         dist.barrier()  # rank 0 removes the scratch folder only once every process is done with it
     labels = result.labels
-    model = TurtleModel(result.model, preprocessors, _centres(features, labels, spaces, config.n_clusters), config)
+    centres = mean_directions(_unit_concat(features, spaces), labels, config.n_clusters)
+    model = TurtleModel(result.model, preprocessors, centres, config)
     assignment = model.assign(features, device="cpu")
     steps_done = result.epochs_done * steps_per_epoch if method.stopped_at < 0 else method.stopped_at
     info = {"config": dataclasses.asdict(config), "train_config": train_config.to_dict(),

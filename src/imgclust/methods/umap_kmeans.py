@@ -44,7 +44,7 @@ from sklearn.model_selection import StratifiedKFold
 from ..errors import ImgclustError
 from ..neighbors import normalize_features
 from .base import Assignment, ClusterModel, FitContext, FitResult
-from .kmeans import _as_rows, _check_k, kmeans
+from .kmeans import _as_rows, _check_k, kmeans, mean_directions
 from .options import OptionSet, options_from_signature
 from .registry import register_method
 
@@ -74,9 +74,10 @@ class UmapKMeansModel(ClusterModel):
     input_encoder = "backbone"
 
     def __init__(self, weights: np.ndarray, bias: np.ndarray, centres: np.ndarray):
-        self.weights = np.asarray(weights, dtype=np.float32)
-        self.bias = np.asarray(bias, dtype=np.float32)
-        self.centres = np.asarray(centres, dtype=np.float32)
+        # Own copies: safetensors refuses to save tensors that share memory (k-means' fallback passes its centres twice).
+        self.weights = np.array(weights, dtype=np.float32)
+        self.bias = np.array(bias, dtype=np.float32)
+        self.centres = np.array(centres, dtype=np.float32)
 
     def assign(self, inputs: np.ndarray, device: torch.device | str = "cpu") -> Assignment:
         """Assign (N, D) backbone features; (N, K) matrix products, so it runs on the CPU whatever ``device`` says."""
@@ -166,7 +167,7 @@ def umap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: int 
     k = int(n_clusters)
     if len(x) <= k + 2:  # too few rows to lay out: spherical k-means, whose centres then are the classifier
         result = kmeans(x, k, seed=seed, n_init=n_init)
-        model = UmapKMeansModel(result.centers.copy(), np.zeros(k, dtype=np.float32), result.centers)
+        model = UmapKMeansModel(result.centers, np.zeros(k, dtype=np.float32), result.centers)
         return model, {"fit_rows": int(len(x)), "moved_by_readout": 0.0, "readout_kept": False,
                        "fallback": f"k-means: {len(x)} images are too few for a UMAP layout of K={k} clusters "
                                    f"(it needs more than K + 2)"}
@@ -183,10 +184,7 @@ def umap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: int 
     if not readout_kept:  # the readout emptied a cluster: keep the UMAP partition, and a classifier of it
         weights, bias = _ridge(x, umap_labels, k)
         labels = _predict(x, weights, bias)
-    centres = np.zeros((k, x.shape[1]), dtype=np.float32)
-    np.add.at(centres, labels, x)
-    centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
-    model = UmapKMeansModel(weights, bias, centres)
+    model = UmapKMeansModel(weights, bias, mean_directions(x, labels, k))
     info = {"fit_rows": int(len(x)), "moved_by_readout": float(np.mean(labels != umap_labels)),
             "readout_kept": bool(readout_kept), "score_note": SCORE_NOTE}
     return model, info
