@@ -8,7 +8,7 @@ compact, and k-means there follows them (the recipe of N2D, McConville et al., I
 It is the library's default method (``methods.DEFAULT_METHOD``): on the 20 development sets (docs/methods/umap-kmeans.md)
 it was above k-means on 18, by 0.026 on average and most on natural images with many classes (CIFAR-10's 10-class
 development split: ACC 0.54 against k-means' 0.46), and below it by more than 0.01 on one Fashion-MNIST subset
-(-0.094); on every set of the quality table it is at least k-means' ACC minus 0.01 (+0.116 on average). It is not
+(-0.094); on every set of the quality table it is at least k-means' ACC minus 0.01 (+0.115 on average). It is not
 one of ``auto``'s candidates: its readout is a least-squares classifier of the features, the kind the label-free
 score trains, so the score rates its partitions above the others' whatever their accuracy (the run's summary says
 so). Too few images for a layout (N <= K + 2) get the spherical k-means partition instead (``info["fallback"]``).
