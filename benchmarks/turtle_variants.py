@@ -6,6 +6,10 @@
 - ``kmeans_init``: the task encoder starts at the k-means partition: each space's head is the nearest-centroid
   classifier of the spherical k-means clusters (W_k = a mu_k, b_k = -a |mu_k|^2 / 2, a scaling the logits to unit
   spread per row), so that TURTLE starts from k-means' labels instead of a random labeling.
+- ``umap_init``: the same, from the partition of ``umap-kmeans`` (the default method) on the same spaces.
+- ``umap_space<norm>``: the UMAP embedding ``umap-kmeans`` clusters in (10 dimensions) as one more TURTLE space,
+  centred and scaled to a mean row norm of ``norm`` (16, the library's ``l2`` row norm, when omitted): TURTLE then
+  looks for labelings that are linear both in the backbones' spaces and in the embedding of their neighbour graph.
 - ``pca<d>``: each space (after the library's preprocessing) centred and projected on its top d principal axes,
   to cut the inner loop's cost (it is a chain of skinny matrix products linear in the width).
 - ``lr<value>``: the task encoder's Adam learning rate (``train.lr``, default 1e-3), e.g. ``lr3e-3``: the authors
@@ -70,17 +74,23 @@ def pca_spaces(x: np.ndarray, widths: list[int], dim: int) -> tuple[np.ndarray, 
     return np.concatenate(out, axis=1), [dim] * len(widths)
 
 
-def kmeans_init_turtle(x: np.ndarray, widths: list[int], k: int, seed: int) -> type:
-    """A ``Turtle`` whose heads start as the nearest-centroid classifier of spherical k-means' clusters."""
+def unit_spaces(x: np.ndarray, widths: list[int]) -> np.ndarray:
+    """Each space L2-normalised, side by side: what a multi-backbone run hands every method."""
     from imgclust.methods import turtle
-    from imgclust.methods.kmeans import kmeans
 
     spaces = turtle.normalize_spaces(widths, x.shape[1])
-    unit = np.concatenate([x[:, a:b] / np.linalg.norm(x[:, a:b], axis=1, keepdims=True) for a, b in spaces], 1)
-    labels = torch.from_numpy(np.asarray(kmeans(unit, k, seed=seed).labels))
+    return np.concatenate([x[:, a:b] / np.linalg.norm(x[:, a:b], axis=1, keepdims=True) for a, b in spaces], 1)
+
+
+def partition_init_turtle(x: np.ndarray, widths: list[int], k: int, labels: np.ndarray) -> type:
+    """A ``Turtle`` whose heads start as the nearest-centroid classifier of the partition ``labels``."""
+    from imgclust.methods import turtle
+
+    spaces = turtle.normalize_spaces(widths, x.shape[1])
+    labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     z = torch.from_numpy(np.concatenate(preprocessed_spaces(x, widths), 1)).double()
 
-    class KMeansInitTurtle(turtle.Turtle):
+    class PartitionInitTurtle(turtle.Turtle):
         def build_model(self, spec):
             net = super().build_model(spec)
             with torch.no_grad():
@@ -93,7 +103,27 @@ def kmeans_init_turtle(x: np.ndarray, widths: list[int], k: int, seed: int) -> t
                     head.bias.copy_(bias * scale)
             return net
 
-    return KMeansInitTurtle
+    return PartitionInitTurtle
+
+
+def umap_embedding(x: np.ndarray, widths: list[int], seed: int) -> np.ndarray:
+    """The embedding ``umap-kmeans`` clusters in, with its default settings (30 cosine neighbours, 10 dimensions,
+    ``min_dist`` 0), of the unit spaces side by side."""
+    import umap
+
+    from imgclust.neighbors import normalize_features
+
+    return umap.UMAP(n_neighbors=30, n_components=10, min_dist=0.0, metric="cosine", random_state=seed,
+                     n_jobs=1).fit_transform(normalize_features(unit_spaces(x, widths))).astype(np.float32)
+
+
+def with_umap_space(x: np.ndarray, widths: list[int], seed: int, row_norm: float) -> tuple[np.ndarray, list[int]]:
+    """The library's preprocessing of each space, plus the UMAP embedding as one more space (centred, scaled to a
+    mean row norm of ``row_norm``), for a TURTLE run with ``preprocess=raw``."""
+    embedding = umap_embedding(x, widths, seed)
+    embedding -= embedding.mean(0)
+    embedding *= row_norm / float(np.linalg.norm(embedding, axis=1).mean())
+    return np.concatenate([*preprocessed_spaces(x, widths), embedding], axis=1), [*widths, embedding.shape[1]]
 
 
 def traced(method_class: type, partitions: list[np.ndarray]) -> type:
@@ -120,7 +150,17 @@ def run(variant: str, name: str, k: int, x: np.ndarray, y: np.ndarray, widths: l
     if variant == "warm_start":
         options["warm_start"] = True
     elif variant == "kmeans_init":
-        method_class = kmeans_init_turtle(x, widths, k, seed)
+        from imgclust.methods.kmeans import kmeans
+
+        method_class = partition_init_turtle(x, widths, k, kmeans(unit_spaces(x, widths), k, seed=seed).labels)
+    elif variant == "umap_init":
+        from imgclust.methods.umap_kmeans import umap_kmeans
+
+        model, _ = umap_kmeans(unit_spaces(x, widths), k, seed=seed)
+        method_class = partition_init_turtle(x, widths, k, model.assign(unit_spaces(x, widths)).labels)
+    elif variant.startswith("umap_space"):
+        x, options["spaces"] = with_umap_space(x, widths, seed, float(variant[len("umap_space"):] or 16))
+        options["preprocess"] = "raw"
     elif variant.startswith("pca"):
         x, options["spaces"] = pca_spaces(x, widths, int(variant[3:]))
         options["preprocess"] = "raw"
