@@ -9,6 +9,7 @@ Results: ``benchmarks/results/umap_kmeans_dev_<backbones>.json`` (``--out`` to w
     OMP_NUM_THREADS=1 python benchmarks/umap_kmeans_dev.py --backbones efficientnet_lite0
     OMP_NUM_THREADS=1 python benchmarks/umap_kmeans_dev.py --backbones efficientnet_lite0,efficientnet_lite2 \\
         --sets cifar10-train-10k --part 10k   # runs can be split into parts, then merged with --merge
+    OMP_NUM_THREADS=1 python benchmarks/umap_kmeans_dev.py --set n_neighbors=100 --set restarts=3 --out NAME
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from _common import RESULTS, print_table, save_result
 METHODS = ("kmeans", "umap-kmeans")
 
 
-def fit_and_score(name: str, backbones: list[str], seeds: list[int]) -> list[dict]:
+def fit_and_score(name: str, backbones: list[str], seeds: list[int], umap_options: dict | None = None) -> list[dict]:
     from imgclust.methods import FitContext, fit_method
     from imgclust.metrics import cluster_accuracy
     from imgclust.score import partition_score
@@ -37,13 +38,15 @@ def fit_and_score(name: str, backbones: list[str], seeds: list[int]) -> list[dic
         record = {"set": name, "k": k, "n": len(y), "seed": seed}
         for method in METHODS:
             started = time.perf_counter()
-            result = fit_method(method, FitContext(features=features, n_clusters=k, seed=seed, spaces=spaces))
+            options = umap_options if method == "umap-kmeans" else None
+            result = fit_method(method, FitContext(features=features, n_clusters=k, seed=seed, spaces=spaces,
+                                                   options=dict(options or {})))
             seconds = time.perf_counter() - started
             labels = result.assignment.labels
             record[method] = {"acc": cluster_accuracy(y, labels), "seconds": round(seconds, 1),
                               "score": partition_score(features, labels, spaces=spaces, seed=seed).kappa,
                               **{key: value for key, value in result.info.items() if key in
-                                 ("moved_by_readout", "readout_kept")}}
+                                 ("moved_by_readout", "readout_kept", "restart_scores", "restart_kept")}}
         print(name, seed, " ".join(f"{m} {record[m]['acc']:.3f} (score {record[m]['score']:.3f}, "
                                     f"{record[m]['seconds']:.0f} s)" for m in METHODS), flush=True)
         records.append(record)
@@ -77,7 +80,10 @@ def main() -> None:
     parser.add_argument("--part", default=None, help="write a part (merged later with --merge)")
     parser.add_argument("--merge", default=None, help="comma-separated parts to merge into the result")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a umap-kmeans option other than its default (e.g. restarts=3); repeatable")
     args = parser.parse_args()
+    umap_options = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
     backbones = args.backbones.split(",")
     tag = "_".join(b.replace("efficientnet_", "") for b in backbones)
     out = args.out or f"umap_kmeans_dev_{tag}"
@@ -87,12 +93,13 @@ def main() -> None:
     else:
         names = list(kf.DEV_SETS) if args.sets == "dev" else args.sets.split(",")
         seeds = [int(s) for s in args.seeds.split(",")]
-        records = [r for name in names for r in fit_and_score(name, backbones, seeds)]
+        records = [r for name in names for r in fit_and_score(name, backbones, seeds, umap_options)]
     rows = summary(records)
     table = print_table(rows, ["set", "K", "seeds", "k-means", "umap-kmeans", "gain", "auto(k-means, umap-kmeans)",
                                "umap-kmeans s"])
     name = f"{out}_part_{args.part}" if args.part else out
-    path = save_result(name, {"backbones": backbones, "runs": records, "summary": rows, "table": table})
+    path = save_result(name, {"backbones": backbones, "umap_options": umap_options, "runs": records, "summary": rows,
+                              "table": table})
     print("wrote", path)
 
 

@@ -73,11 +73,29 @@ def test_without_cross_fitting_the_classifier_stays_closer_to_the_umap_partition
     assert moved[0] < moved[1]
 
 
+def test_restarts_keep_the_best_scored_layout_and_the_first_is_the_plain_fit(digits) -> None:
+    from imgclust.score import partition_score
+
+    x, _ = digits
+    x = x[:300]
+    model, info = umap_kmeans(x, 5, seed=0, restarts=3)
+    assert len(info["restart_scores"]) == 3 and len(set(info["restart_scores"])) > 1  # three different layouts
+    assert info["restart_kept"] == int(np.argmax(info["restart_scores"]))
+    kept = model.assign(x).labels
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    assert partition_score(unit, kept, seed=0).kappa == pytest.approx(max(info["restart_scores"]), abs=1e-4)
+    first, first_info = umap_kmeans(x, 5, seed=0)  # one layout (the default): nothing scored
+    assert "restart_scores" not in first_info
+    assert info["restart_scores"][0] == pytest.approx(partition_score(unit, first.assign(x).labels, seed=0).kappa,
+                                                      abs=1e-4)  # the first layout is seed's own
+
+
 @pytest.mark.parametrize("options, match", [
     ({"n_neighbors": 1}, "n_neighbors"),
     ({"readout_folds": 1}, "readout_folds"),
     ({"min_dist": 2.0}, "min_dist"),
     ({"fit_rows": 0}, "fit_rows"),
+    ({"restarts": 0}, "restarts"),
 ])
 def test_bad_options_say_which(digits, options, match) -> None:
     with pytest.raises(ImgclustError, match=match):

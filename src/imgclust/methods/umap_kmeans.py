@@ -43,6 +43,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from ..errors import ImgclustError
 from ..neighbors import normalize_features
+from ..score import partition_score
 from .base import Assignment, ClusterModel, FitContext, FitResult
 from .kmeans import _as_rows, _check_k, kmeans, mean_directions
 from .options import OptionSet, options_from_signature
@@ -120,7 +121,7 @@ class UmapKMeansModel(ClusterModel):
 
 def umap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: int = 0, n_neighbors: int = 30,
                 n_components: int = 10, min_dist: float = 0.0, n_init: int = 10, readout_folds: int = 5,
-                fit_rows: int = 50000) -> tuple[UmapKMeansModel, dict[str, Any]]:
+                fit_rows: int = 50000, restarts: int = 1) -> tuple[UmapKMeansModel, dict[str, Any]]:
     """k-means on a UMAP embedding, read out by a cross-fitted ridge classifier (see the module docstring).
 
     Deterministic for a given seed and library versions (UMAP runs single-threaded when seeded).
@@ -136,6 +137,8 @@ def umap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: int 
         readout_folds: folds of the cross-fitted readout (at least 2; 0: no cross-fitting, the classifier is fitted
             on the UMAP partition itself).
         fit_rows: rows UMAP is fitted on at most; the readout assigns the others.
+        restarts: layouts fitted (the first with ``seed``, the others with seeds derived from it); the one whose
+            read-out partition has the highest label-free score (:func:`imgclust.score.partition_score`) is kept.
 
     Returns:
         ``(model, info)``: the partition is ``model.assign(features)``; ``info`` records the rows fitted, the share
@@ -152,7 +155,8 @@ def umap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: int 
                             "(it is one of imgclust's dependencies: was it installed with --no-deps?).",
                             fix="pip install umap-learn, or use --method kmeans.") from None
     for name, value, low in (("n_neighbors", n_neighbors, 2), ("n_components", n_components, 1),
-                             ("n_init", n_init, 1), ("fit_rows", fit_rows, 2), ("readout_folds", readout_folds, 0)):
+                             ("n_init", n_init, 1), ("fit_rows", fit_rows, 2), ("readout_folds", readout_folds, 0),
+                             ("restarts", restarts, 1)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise ImgclustError(f"{name} must be an integer >= {low}; got {value!r}.", fix=f"use {name} >= {low}.")
     if readout_folds == 1:
@@ -171,6 +175,33 @@ def umap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: int 
         return model, {"fit_rows": int(len(x)), "moved_by_readout": 0.0, "readout_kept": False,
                        "fallback": f"k-means: {len(x)} images are too few for a UMAP layout of K={k} clusters "
                                    f"(it needs more than K + 2)"}
+    fits = [_fit_layout(umap, x, k, _restart_seed(seed, r), n_neighbors, n_components, min_dist, n_init,
+                        readout_folds) for r in range(restarts)]
+    scores = [partition_score(x, fit[3], seed=seed).kappa for fit in fits] if restarts > 1 else [None]
+    kept = int(np.argmax(scores)) if restarts > 1 else 0
+    umap_labels, weights, bias, labels, readout_kept = fits[kept]
+    model = UmapKMeansModel(weights, bias, mean_directions(x, labels, k))
+    info = {"fit_rows": int(len(x)), "moved_by_readout": float(np.mean(labels != umap_labels)),
+            "readout_kept": bool(readout_kept), "score_note": SCORE_NOTE}
+    if restarts > 1:
+        info.update(restart_scores=[round(float(v), 4) for v in scores], restart_kept=kept)
+    return model, info
+
+
+def _restart_seed(seed: int, restart: int) -> int:
+    """The seed of layout ``restart``: ``seed`` itself for the first (one restart = the plain fit), then seeds
+    derived from both (not ``seed + restart``, so that runs with neighbouring seeds share no layout)."""
+    if restart == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(restart)]).generate_state(1)[0] % (2 ** 31 - 1))
+
+
+def _fit_layout(umap: Any, x: np.ndarray, k: int, seed: int, n_neighbors: int, n_components: int, min_dist: float,
+                n_init: int, readout_folds: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
+    """One UMAP layout, k-means in it and the readout: ``(UMAP partition, classifier weights, bias, final
+    partition, readout kept)``. The classifier is a ridge fitted on the read-out clusters (or, should the readout
+    empty a cluster, on the UMAP partition itself) and the final partition is its argmax, so the model reproduces it."""
     with warnings.catch_warnings():
         # umap-learn warns that a seed forces one thread, and (small N) that it falls back from its spectral start.
         warnings.filterwarnings("ignore", module="umap")
@@ -184,10 +215,7 @@ def umap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: int 
     if not readout_kept:  # the readout emptied a cluster: keep the UMAP partition, and a classifier of it
         weights, bias = _ridge(x, umap_labels, k)
         labels = _predict(x, weights, bias)
-    model = UmapKMeansModel(weights, bias, mean_directions(x, labels, k))
-    info = {"fit_rows": int(len(x)), "moved_by_readout": float(np.mean(labels != umap_labels)),
-            "readout_kept": bool(readout_kept), "score_note": SCORE_NOTE}
-    return model, info
+    return umap_labels, weights, bias, labels, bool(readout_kept)
 
 
 def _ridge(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
