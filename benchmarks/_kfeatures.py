@@ -61,13 +61,19 @@ def split_spaces(x: np.ndarray, widths: list[int]) -> list[np.ndarray]:
     return np.split(x, np.cumsum(widths)[:-1], axis=1)
 
 
+def combined_spaces(spaces: list[np.ndarray]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """The spaces combined as the library does (:func:`unit_concat`) and each space's column range."""
+    bounds = np.cumsum([0, *(x.shape[1] for x in spaces)])
+    return unit_concat(spaces), [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def library_features(load: Callable[[], tuple[np.ndarray, np.ndarray]], backbones: list[str]
                      ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
     """What ``--backbone a,b`` hands a method: the spaces combined as the library does (several: each
     L2-normalised, concatenated), the labels, and each space's column range."""
     x, labels, widths = side_by_side(load, backbones)
-    bounds = np.cumsum([0, *widths])
-    return unit_concat(split_spaces(x, widths)), labels, [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    features, ranges = combined_spaces(split_spaces(x, widths))
+    return features, labels, ranges
 
 
 def _extract_one(dataset, name: str) -> np.ndarray:

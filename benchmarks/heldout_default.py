@@ -110,10 +110,7 @@ def main() -> None:
         source = kf.CACHE.parent / f"heldout_{set_name}_{len(labels)}.npz"
         source.parent.mkdir(parents=True, exist_ok=True)
         np.savez(source, images=images, labels=labels)
-        per_backbone = [kf._extract_one(load_source(str(source)), name) for name in backbones]
-        features = kf.unit_concat(per_backbone)
-        bounds = np.cumsum([0, *(f.shape[1] for f in per_backbone)])
-        spaces = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        features, spaces = kf.combined_spaces([kf._extract_one(load_source(str(source)), name) for name in backbones])
         k = int(np.unique(labels).size)
         for seed in seeds:
             for method in METHODS:

@@ -74,14 +74,6 @@ def pca_spaces(x: np.ndarray, widths: list[int], dim: int) -> tuple[np.ndarray, 
     return np.concatenate(out, axis=1), [dim] * len(widths)
 
 
-def unit_spaces(x: np.ndarray, widths: list[int]) -> np.ndarray:
-    """Each space L2-normalised, side by side: what a multi-backbone run hands every method."""
-    from imgclust.methods import turtle
-
-    spaces = turtle.normalize_spaces(widths, x.shape[1])
-    return np.concatenate([x[:, a:b] / np.linalg.norm(x[:, a:b], axis=1, keepdims=True) for a, b in spaces], 1)
-
-
 def partition_init_turtle(x: np.ndarray, widths: list[int], k: int, labels: np.ndarray) -> type:
     """A ``Turtle`` whose heads start as the nearest-centroid classifier of the partition ``labels``."""
     from imgclust.methods import turtle
@@ -107,14 +99,16 @@ def partition_init_turtle(x: np.ndarray, widths: list[int], k: int, labels: np.n
 
 
 def umap_embedding(x: np.ndarray, widths: list[int], seed: int) -> np.ndarray:
-    """The embedding ``umap-kmeans`` clusters in, with its default settings (30 cosine neighbours, 10 dimensions,
-    ``min_dist`` 0), of the unit spaces side by side."""
+    """The embedding ``umap-kmeans`` clusters in, with its default settings, of the spaces as a run combines them."""
     import umap
 
+    from imgclust.methods.umap_kmeans import UMAP_KMEANS_OPTIONS
     from imgclust.neighbors import normalize_features
 
-    return umap.UMAP(n_neighbors=30, n_components=10, min_dist=0.0, metric="cosine", random_state=seed,
-                     n_jobs=1).fit_transform(normalize_features(unit_spaces(x, widths))).astype(np.float32)
+    defaults = UMAP_KMEANS_OPTIONS.resolve({})["method"]
+    return umap.UMAP(n_neighbors=defaults["n_neighbors"], n_components=defaults["n_components"],
+                     min_dist=defaults["min_dist"], metric="cosine", random_state=seed, n_jobs=1
+                     ).fit_transform(normalize_features(kf.unit_concat(kf.split_spaces(x, widths)))).astype(np.float32)
 
 
 def with_umap_space(x: np.ndarray, widths: list[int], seed: int, row_norm: float) -> tuple[np.ndarray, list[int]]:
@@ -152,12 +146,14 @@ def run(variant: str, name: str, k: int, x: np.ndarray, y: np.ndarray, widths: l
     elif variant == "kmeans_init":
         from imgclust.methods.kmeans import kmeans
 
-        method_class = partition_init_turtle(x, widths, k, kmeans(unit_spaces(x, widths), k, seed=seed).labels)
+        unit = kf.unit_concat(kf.split_spaces(x, widths))
+        method_class = partition_init_turtle(x, widths, k, kmeans(unit, k, seed=seed).labels)
     elif variant == "umap_init":
         from imgclust.methods.umap_kmeans import umap_kmeans
 
-        model, _ = umap_kmeans(unit_spaces(x, widths), k, seed=seed)
-        method_class = partition_init_turtle(x, widths, k, model.assign(unit_spaces(x, widths)).labels)
+        unit = kf.unit_concat(kf.split_spaces(x, widths))
+        model, _ = umap_kmeans(unit, k, seed=seed)
+        method_class = partition_init_turtle(x, widths, k, model.assign(unit).labels)
     elif variant.startswith("umap_space"):
         x, options["spaces"] = with_umap_space(x, widths, seed, float(variant[len("umap_space"):] or 16))
         options["preprocess"] = "raw"

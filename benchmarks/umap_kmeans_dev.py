@@ -38,9 +38,9 @@ def fit_and_score(name: str, backbones: list[str], seeds: list[int], umap_option
         record = {"set": name, "k": k, "n": len(y), "seed": seed}
         for method in METHODS:
             started = time.perf_counter()
-            options = umap_options if method == "umap-kmeans" else None
+            options = dict(umap_options or {}) if method == "umap-kmeans" else {}
             result = fit_method(method, FitContext(features=features, n_clusters=k, seed=seed, spaces=spaces,
-                                                   options=dict(options or {})))
+                                                   options=options))
             seconds = time.perf_counter() - started
             labels = result.assignment.labels
             record[method] = {"acc": cluster_accuracy(y, labels), "seconds": round(seconds, 1),
@@ -83,7 +83,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a umap-kmeans option other than its default (e.g. restarts=3); repeatable")
     args = parser.parse_args()
-    umap_options = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
+    from imgclust.cli import method_options
+
+    umap_options = method_options(args.set)
     backbones = args.backbones.split(",")
     tag = "_".join(b.replace("efficientnet_", "") for b in backbones)
     out = args.out or f"umap_kmeans_dev_{tag}"

@@ -5,13 +5,14 @@ elongated region gets split while two touching classes get merged. UMAP (McInnes
 the cosine k-nearest-neighbour graph of the rows out in a few dimensions where the graph's dense regions become
 compact, and k-means there follows them (the recipe of N2D, McConville et al., ICPR 2020).
 
-It is the library's default method (``methods.DEFAULT_METHOD``): on the 20 development sets (docs/methods/umap-kmeans.md)
-it was above k-means on 18, by 0.026 on average and most on natural images with many classes (CIFAR-10's 10-class
-development split: ACC 0.54 against k-means' 0.46), and below it by more than 0.01 on one Fashion-MNIST subset
-(-0.094); on every set of the quality table it is at least k-means' ACC minus 0.01 (+0.115 on average). It is not
-one of ``auto``'s candidates: its readout is a least-squares classifier of the features, the kind the label-free
-score trains, so the score rates its partitions above the others' whatever their accuracy (the run's summary says
-so). Too few images for a layout (N <= K + 2) get the spherical k-means partition instead (``info["fallback"]``).
+It is the library's default method (``methods.DEFAULT_METHOD``): on the 20 development sets
+(docs/methods/umap-kmeans.md) it was above k-means on 18, by 0.026 on average and most on natural images with many
+classes (CIFAR-10's 10-class development split: ACC 0.54 against k-means' 0.46), and below it by more than 0.01 on
+one Fashion-MNIST subset (-0.094); on every set of the quality table it is at least k-means' ACC minus 0.01
+(+0.115 on average). It is not one of ``auto``'s candidates: its readout is a least-squares classifier of the
+features, the kind the label-free score trains, so the score rates its partitions above the others' whatever their
+accuracy (the run's summary says so). Too few images for a layout (N <= K + 2) get the spherical k-means
+partition instead (``info["fallback"]``).
 
 Steps:
 
@@ -75,7 +76,8 @@ class UmapKMeansModel(ClusterModel):
     input_encoder = "backbone"
 
     def __init__(self, weights: np.ndarray, bias: np.ndarray, centres: np.ndarray):
-        # Own copies: safetensors refuses to save tensors that share memory (k-means' fallback passes its centres twice).
+        # Own copies: safetensors refuses to save tensors that share memory (k-means' fallback passes its centres
+        # twice).
         self.weights = np.array(weights, dtype=np.float32)
         self.bias = np.array(bias, dtype=np.float32)
         self.centres = np.array(centres, dtype=np.float32)
@@ -179,14 +181,14 @@ def umap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: int 
                                    f"(it needs more than K + 2)"}
     fits = [_fit_layout(umap, x, k, _restart_seed(seed, r), n_neighbors, n_components, min_dist, n_init,
                         readout_folds) for r in range(restarts)]
-    scores = [partition_score(x, fit[3], seed=seed).kappa for fit in fits] if restarts > 1 else [None]
-    kept = int(np.argmax(scores)) if restarts > 1 else 0
-    umap_labels, weights, bias, labels, readout_kept = fits[kept]
+    restart_info: dict[str, Any] = {}
+    if restarts > 1:
+        scores = [partition_score(x, fit[3], seed=seed).kappa for fit in fits]
+        restart_info = {"restart_scores": [round(float(v), 4) for v in scores], "restart_kept": int(np.argmax(scores))}
+    umap_labels, weights, bias, labels, readout_kept = fits[restart_info.get("restart_kept", 0)]
     model = UmapKMeansModel(weights, bias, mean_directions(x, labels, k))
     info = {"fit_rows": int(len(x)), "moved_by_readout": float(np.mean(labels != umap_labels)),
-            "readout_kept": bool(readout_kept), "score_note": SCORE_NOTE}
-    if restarts > 1:
-        info.update(restart_scores=[round(float(v), 4) for v in scores], restart_kept=kept)
+            "readout_kept": bool(readout_kept), "score_note": SCORE_NOTE, **restart_info}
     return model, info
 
 
