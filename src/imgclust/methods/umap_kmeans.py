@@ -8,8 +8,10 @@ compact, and k-means there follows them (the recipe of N2D, McConville et al., I
 It is the library's default method (``methods.DEFAULT_METHOD``): on the 20 development sets
 (docs/methods/umap-kmeans.md) it was above k-means on 18, by 0.026 on average and most on natural images with many
 classes (CIFAR-10's 10-class development split: ACC 0.54 against k-means' 0.46), and below it by more than 0.01 on
-one Fashion-MNIST subset (-0.094); on every set of the quality table it is at least k-means' ACC minus 0.01
-(+0.115 on average). It is not one of ``auto``'s candidates: its readout is a least-squares classifier of the
+one Fashion-MNIST subset (-0.094), where its layout split one class and merged two; on every set of the quality
+table it is at least k-means' ACC minus 0.01 (+0.115 on average). The same steps on PaCMAP's layout are
+``pacmap-kmeans`` (:mod:`imgclust.methods.pacmap_kmeans`, sharing :func:`layout_kmeans`). It is not one of
+``auto``'s candidates: its readout is a least-squares classifier of the
 features, the kind the label-free score trains, so the score rates its partitions above the others' whatever their
 accuracy (the run's summary says so). Too few images for a layout (N <= K + 2) get the spherical k-means
 partition instead (``info["fallback"]``).
@@ -34,7 +36,7 @@ Steps:
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -50,9 +52,13 @@ from .kmeans import _as_rows, _check_k, kmeans, mean_directions
 from .options import OptionSet, options_from_signature
 from .registry import register_method
 
-# What the run's summary says under the label-free score (imgclust.score), which this method's partitions inflate.
-SCORE_NOTE = ("umap-kmeans' clusters are a linear classifier's by construction, so this score runs high: "
-              "do not compare it with other methods' scores")
+
+def score_note(method: str) -> str:
+    """What the run's summary says under the label-free score (imgclust.score), which these partitions inflate."""
+    return (f"{method}' clusters are a linear classifier's by construction, so this score runs high: "
+            "do not compare it with other methods' scores")
+
+
 # Penalty of the ridge readout on unit-norm rows: scikit-learn's default, also the score's (imgclust.score).
 READOUT_ALPHA = 1.0
 # Rows per block when the readout assigns (bounds the (rows, K) block and the float32 copy of the input).
@@ -60,7 +66,7 @@ _ASSIGN_BLOCK = 65536
 
 
 class UmapKMeansModel(ClusterModel):
-    """The readout of a fitted ``umap-kmeans``: a linear classifier of the L2-normalised backbone features.
+    """The readout of a fitted ``umap-kmeans`` (and, as a subclass, ``pacmap-kmeans``): a linear classifier of the L2-normalised backbone features.
 
     ``confidence`` is the classifier's output for the assigned cluster (a least-squares estimate of the
     cluster's probability, clipped to [0, 1]); ``distance`` is the cosine distance to the assigned cluster's
@@ -86,7 +92,7 @@ class UmapKMeansModel(ClusterModel):
         """Assign (N, D) backbone features; (N, K) matrix products, so it runs on the CPU whatever ``device`` says."""
         x = _as_rows(inputs)
         if x.shape[1] != self.weights.shape[1]:
-            raise ImgclustError(f"features have {x.shape[1]} dimensions but the umap-kmeans model expects "
+            raise ImgclustError(f"features have {x.shape[1]} dimensions but the {self.method} model expects "
                                 f"{self.weights.shape[1]}.",
                                 fix="use features from the same backbone(s) the model was fitted on.")
         n = x.shape[0]
@@ -115,7 +121,8 @@ class UmapKMeansModel(ClusterModel):
         k, d = config.get("n_clusters"), config.get("feature_dim")
         shapes = {name: tuple(t.shape) for name, t in tensors.items()}
         if shapes != {"weights": (k, d), "bias": (k,), "centres": (k, d)}:
-            raise ImgclustError(f"saved umap-kmeans model is inconsistent: tensors {shapes}, config says K={k}, D={d}.",
+            raise ImgclustError(f"saved {cls.method} model is inconsistent: tensors {shapes}, config says K={k}, "
+                                f"D={d}.",
                                 fix="re-run the clustering; the model files were modified or mixed up.")
         return cls(tensors["weights"].float().numpy(), tensors["bias"].float().numpy(),
                    tensors["centres"].float().numpy())
@@ -158,15 +165,46 @@ def umap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: int 
         raise ImgclustError("umap-kmeans (the default method) needs the umap-learn package, which is not installed "
                             "(it is one of imgclust's dependencies: was it installed with --no-deps?).",
                             fix="pip install umap-learn, or use --method kmeans.") from None
-    for name, value, low in (("n_neighbors", n_neighbors, 2), ("n_components", n_components, 1),
-                             ("n_init", n_init, 1), ("fit_rows", fit_rows, 2), ("readout_folds", readout_folds, 0),
+    check_layout_options(n_neighbors=n_neighbors, n_components=n_components)
+    if not 0.0 <= min_dist <= 1.0:
+        raise ImgclustError(f"min_dist must be within [0, 1]; got {min_dist!r}.", fix="use min_dist=0.0.")
+
+    def layout(x: np.ndarray, layout_seed: int) -> np.ndarray:
+        with warnings.catch_warnings():
+            # umap-learn warns that a seed forces one thread, and (small N) that it falls back from its spectral
+            # start.
+            warnings.filterwarnings("ignore", module="umap")
+            return umap.UMAP(n_neighbors=min(n_neighbors, len(x) - 1), n_components=min(n_components, len(x) - 2),
+                             min_dist=min_dist, metric="cosine", random_state=layout_seed, n_jobs=1).fit_transform(x)
+
+    return layout_kmeans(features, n_clusters, seed, layout, UmapKMeansModel, n_init=n_init,
+                         readout_folds=readout_folds, fit_rows=fit_rows, restarts=restarts)
+
+
+def check_layout_options(**counts: int) -> None:
+    """Integer options of a layout (``name=value``): each at least 1, ``n_neighbors`` at least 2.
+
+    Raises:
+        ImgclustError: naming the option and a valid value.
+    """
+    for name, value in counts.items():
+        low = 2 if name == "n_neighbors" else 1
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise ImgclustError(f"{name} must be an integer >= {low}; got {value!r}.", fix=f"use {name} >= {low}.")
+
+
+def layout_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: int,
+                  layout: Callable[[np.ndarray, int], np.ndarray], model_class: type[UmapKMeansModel], *,
+                  n_init: int, readout_folds: int, fit_rows: int, restarts: int
+                  ) -> tuple[UmapKMeansModel, dict[str, Any]]:
+    """Steps 1 and 3-5 of the module docstring around any ``layout(unit rows, seed) -> (N, d) embedding``
+    (UMAP's, PaCMAP's): k-means in the embedding, the cross-fitted readout, and the model."""
+    for name, value, low in (("n_init", n_init, 1), ("fit_rows", fit_rows, 2), ("readout_folds", readout_folds, 0),
                              ("restarts", restarts, 1)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise ImgclustError(f"{name} must be an integer >= {low}; got {value!r}.", fix=f"use {name} >= {low}.")
     if readout_folds == 1:
         raise ImgclustError("readout_folds must be 0 (no readout) or at least 2; got 1.", fix="use readout_folds=5.")
-    if not 0.0 <= min_dist <= 1.0:
-        raise ImgclustError(f"min_dist must be within [0, 1]; got {min_dist!r}.", fix="use min_dist=0.0.")
     rows = _as_rows(features)
     n = rows.shape[0]
     sample = np.sort(np.random.default_rng(seed).choice(n, size=fit_rows, replace=False)) if n > fit_rows else None
@@ -175,20 +213,19 @@ def umap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: int 
     k = int(n_clusters)
     if len(x) <= k + 2:  # too few rows to lay out: spherical k-means, whose centres then are the classifier
         result = kmeans(x, k, seed=seed, n_init=n_init)
-        model = UmapKMeansModel(result.centers, np.zeros(k, dtype=np.float32), result.centers)
+        model = model_class(result.centers, np.zeros(k, dtype=np.float32), result.centers)
         return model, {"fit_rows": int(len(x)), "moved_by_readout": 0.0, "readout_kept": False,
-                       "fallback": f"k-means: {len(x)} images are too few for a UMAP layout of K={k} clusters "
+                       "fallback": f"k-means: {len(x)} images are too few for a layout of K={k} clusters "
                                    f"(it needs more than K + 2)"}
-    fits = [_fit_layout(umap, x, k, _restart_seed(seed, r), n_neighbors, n_components, min_dist, n_init,
-                        readout_folds) for r in range(restarts)]
+    fits = [_fit_layout(layout, x, k, _restart_seed(seed, r), n_init, readout_folds) for r in range(restarts)]
     restart_info: dict[str, Any] = {}
     if restarts > 1:
         scores = [partition_score(x, fit[3], seed=seed).kappa for fit in fits]
         restart_info = {"restart_scores": [round(float(v), 4) for v in scores], "restart_kept": int(np.argmax(scores))}
-    umap_labels, weights, bias, labels, readout_kept = fits[restart_info.get("restart_kept", 0)]
-    model = UmapKMeansModel(weights, bias, mean_directions(x, labels, k))
-    info = {"fit_rows": int(len(x)), "moved_by_readout": float(np.mean(labels != umap_labels)),
-            "readout_kept": bool(readout_kept), "score_note": SCORE_NOTE, **restart_info}
+    layout_labels, weights, bias, labels, readout_kept = fits[restart_info.get("restart_kept", 0)]
+    model = model_class(weights, bias, mean_directions(x, labels, k))
+    info = {"fit_rows": int(len(x)), "moved_by_readout": float(np.mean(labels != layout_labels)),
+            "readout_kept": bool(readout_kept), "score_note": score_note(model_class.method), **restart_info}
     return model, info
 
 
@@ -200,26 +237,21 @@ def _restart_seed(seed: int, restart: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(restart)]).generate_state(1)[0] % (2 ** 31 - 1))
 
 
-def _fit_layout(umap: Any, x: np.ndarray, k: int, seed: int, n_neighbors: int, n_components: int, min_dist: float,
-                n_init: int, readout_folds: int
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
-    """One UMAP layout, k-means in it and the readout: ``(UMAP partition, classifier weights, bias, final
-    partition, readout kept)``. The classifier is a ridge fitted on the read-out clusters (or, should the readout
-    empty a cluster, on the UMAP partition itself) and the final partition is its argmax, so the model reproduces it."""
-    with warnings.catch_warnings():
-        # umap-learn warns that a seed forces one thread, and (small N) that it falls back from its spectral start.
-        warnings.filterwarnings("ignore", module="umap")
-        embedding = umap.UMAP(n_neighbors=min(n_neighbors, len(x) - 1), n_components=min(n_components, len(x) - 2),
-                              min_dist=min_dist, metric="cosine", random_state=seed, n_jobs=1).fit_transform(x)
-    umap_labels = KMeans(k, n_init=n_init, random_state=seed).fit_predict(embedding).astype(np.int64)
-    readout = _cross_fitted_readout(x, umap_labels, k, readout_folds, seed) if readout_folds else umap_labels
+def _fit_layout(layout: Callable[[np.ndarray, int], np.ndarray], x: np.ndarray, k: int, seed: int, n_init: int,
+                readout_folds: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
+    """One layout, k-means in it and the readout: ``(layout partition, classifier weights, bias, final partition,
+    readout kept)``. The classifier is a ridge fitted on the read-out clusters (or, should the readout empty a
+    cluster, on the layout partition itself) and the final partition is its argmax, so the model reproduces it."""
+    embedding = layout(x, seed)
+    layout_labels = KMeans(k, n_init=n_init, random_state=seed).fit_predict(embedding).astype(np.int64)
+    readout = _cross_fitted_readout(x, layout_labels, k, readout_folds, seed) if readout_folds else layout_labels
     weights, bias = _ridge(x, readout, k)
     labels = _predict(x, weights, bias)
-    readout_kept = np.unique(labels).size == np.unique(umap_labels).size
-    if not readout_kept:  # the readout emptied a cluster: keep the UMAP partition, and a classifier of it
-        weights, bias = _ridge(x, umap_labels, k)
+    readout_kept = np.unique(labels).size == np.unique(layout_labels).size
+    if not readout_kept:  # the readout emptied a cluster: keep the layout partition, and a classifier of it
+        weights, bias = _ridge(x, layout_labels, k)
         labels = _predict(x, weights, bias)
-    return umap_labels, weights, bias, labels, bool(readout_kept)
+    return layout_labels, weights, bias, labels, bool(readout_kept)
 
 
 def _ridge(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -250,14 +282,21 @@ def _cross_fitted_readout(x: np.ndarray, labels: np.ndarray, k: int, folds: int,
     return out
 
 
-UMAP_KMEANS_OPTIONS = OptionSet("umap-kmeans", options_from_signature("method", umap_kmeans,
-                                                                      exclude=("features", "n_clusters", "seed")))
+def register_layout_method(name: str, fit: Callable[..., tuple[UmapKMeansModel, dict[str, Any]]],
+                           model: type[UmapKMeansModel], summary: str) -> OptionSet:
+    """Register ``fit(features, n_clusters, seed=..., **options)`` as method ``name``; its options are ``fit``'s
+    keyword parameters (returned, for callers that want their defaults)."""
+    options = OptionSet(name, options_from_signature("method", fit, exclude=("features", "n_clusters", "seed")))
+
+    @register_method(name, model=model, options=options, summary=summary)
+    def fit_layout_method(context: FitContext) -> FitResult:
+        fitted, info = fit(context.features, context.n_clusters, seed=context.seed,
+                           **options.resolve(context.options)["method"])
+        return FitResult(model=fitted, assignment=fitted.assign(context.features), info=info)
+
+    return options
 
 
-@register_method("umap-kmeans", model=UmapKMeansModel, options=UMAP_KMEANS_OPTIONS,
-                 summary="k-means on a UMAP embedding of the features, read out by a linear classifier")
-def fit_umap_kmeans(context: FitContext) -> FitResult:
-    """Registry entry point: :func:`umap_kmeans` on ``context.features``; options: its keyword parameters."""
-    opts = UMAP_KMEANS_OPTIONS.resolve(context.options)
-    model, info = umap_kmeans(context.features, context.n_clusters, seed=context.seed, **opts["method"])
-    return FitResult(model=model, assignment=model.assign(context.features), info=info)
+UMAP_KMEANS_OPTIONS = register_layout_method("umap-kmeans", umap_kmeans, UmapKMeansModel,
+                                             "k-means on a UMAP embedding of the features, read out by a linear "
+                                             "classifier")
