@@ -8,7 +8,7 @@ optimises only the neighbour graph, and on two Fashion-MNIST development subsets
 merged two neighbouring ones (docs/methods/umap-kmeans.md): there PaCMAP's layout did not.
 
 On the 20 development sets (EfficientNet-Lite0, seeds 0-2) it was 0.814 against umap-kmeans' 0.806 and k-means'
-0.780, with no set below k-means - 0.01 (umap-kmeans has one), in a fifth to a tenth of umap-kmeans' time. It is not
+0.780, with no set below k-means - 0.01 (umap-kmeans has one), 3-10 times faster than umap-kmeans. It is not
 the default: on the nine evaluation and held-out sets run afterwards it was 0.010 below umap-kmeans on average and
 0.015 below k-means on one held-out set (docs/methods/pacmap-kmeans.md).
 
