@@ -82,3 +82,14 @@ def test_missing_package_is_explained(digits, monkeypatch) -> None:
     with pytest.raises(ImgclustError, match="pacmap") as err:
         pacmap_kmeans(digits[0][:100], 3)
     assert "pip install pacmap" in err.value.fix
+
+
+def test_leaves_faiss_threads_and_pacmap_logging_as_they_were(digits) -> None:
+    import logging
+
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    level = logging.getLogger("pacmap.pacmap").level
+    pacmap_kmeans(digits[0][:200], 4, seed=0)  # seeded PaCMAP sets faiss to one thread process-wide
+    assert faiss.omp_get_max_threads() == before and logging.getLogger("pacmap.pacmap").level == level

@@ -101,7 +101,7 @@ def format_summary(result: Any, with_curve: bool = True) -> str:
             lines.append(f"  better:  -k {k} --backbone efficientnet_lite0,efficientnet_lite2")
             lines.append("           (a second backbone's features as well: +0.02 to +0.05 ACC on the CIFAR "
                          "development sets, +0.003 to +0.13 on 5 of BENCHMARKS.md's 6 quality-table sets, -0.02 on "
-                         "Fashion-MNIST, -0.002 to +0.05 on 3 held-out sets; one more extraction)")
+                         "Fashion-MNIST, -0.004 to +0.05 on 3 held-out sets; one more extraction)")
         lines.append(f"  or:      -k {k} --method kmeans")
         lines.append("           (the baseline, seconds: ahead of umap-kmeans on 1 development set of 20, where "
                      "UMAP split one class and merged two)")

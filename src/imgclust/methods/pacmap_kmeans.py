@@ -9,7 +9,7 @@ merged two neighbouring ones (docs/methods/umap-kmeans.md): there PaCMAP's layou
 
 On the 20 development sets (EfficientNet-Lite0, seeds 0-2) it was 0.814 against umap-kmeans' 0.806 and k-means'
 0.780, with no set below k-means - 0.01 (umap-kmeans has one), 3-10 times faster than umap-kmeans. It is not
-the default: on the nine evaluation and held-out sets run afterwards it was 0.010 below umap-kmeans on average and
+the default: on the nine evaluation and held-out sets run afterwards it was 0.011 below umap-kmeans on average and
 0.015 below k-means on one held-out set (docs/methods/pacmap-kmeans.md).
 
 Steps: those of umap-kmeans with step 2 replaced by PaCMAP (``n_neighbors`` 30 neighbours by angular distance,
@@ -65,6 +65,7 @@ def pacmap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: in
         ImgclustError: bad settings or features (as k-means), or pacmap missing.
     """
     try:
+        import faiss  # pacmap's neighbour search (one of its dependencies)
         import pacmap
     except ImportError:
         raise ImgclustError("pacmap-kmeans needs the pacmap package, which is not installed (an optional "
@@ -77,9 +78,10 @@ def pacmap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: in
                                 fix=f"use {name}={0.5 if name == 'mn_ratio' else 2.0} (PaCMAP's default).")
 
     def layout(x: np.ndarray, layout_seed: int) -> np.ndarray:
-        # PaCMAP logs a warning when seeded and when it reduces its pairs for a small N: both expected here.
+        # PaCMAP logs a warning when seeded and when it reduces its pairs for a small N (both expected here), and
+        # when seeded it sets faiss to one thread for the whole process: both are put back afterwards.
         logger = logging.getLogger("pacmap.pacmap")
-        level = logger.level
+        level, faiss_threads = logger.level, faiss.omp_get_max_threads()
         logger.setLevel(logging.ERROR)
         try:
             return pacmap.PaCMAP(n_components=n_components, n_neighbors=n_neighbors, MN_ratio=mn_ratio,
@@ -87,6 +89,7 @@ def pacmap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: in
                                  verbose=False).fit_transform(np.ascontiguousarray(x, dtype=np.float32))
         finally:
             logger.setLevel(level)
+            faiss.omp_set_num_threads(faiss_threads)
 
     return layout_kmeans(features, n_clusters, seed, layout, PacmapKMeansModel, n_init=n_init,
                          readout_folds=readout_folds, fit_rows=fit_rows, restarts=restarts)
