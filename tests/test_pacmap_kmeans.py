@@ -93,3 +93,15 @@ def test_leaves_faiss_threads_and_pacmap_logging_as_they_were(digits) -> None:
     level = logging.getLogger("pacmap.pacmap").level
     pacmap_kmeans(digits[0][:200], 4, seed=0)  # seeded PaCMAP sets faiss to one thread process-wide
     assert faiss.omp_get_max_threads() == before and logging.getLogger("pacmap.pacmap").level == level
+
+
+def test_missing_package_stops_the_estimator_before_any_extraction(tmp_path, monkeypatch) -> None:
+    from imgclust.estimator import ImageClusterer
+
+    monkeypatch.setitem(sys.modules, "pacmap", None)
+    clusterer = ImageClusterer(n_clusters=3, method="pacmap-kmeans", cache_dir=str(tmp_path / "cache"),
+                               progress=False)
+    with pytest.raises(ImgclustError, match="needs the pacmap package") as err:
+        clusterer.fit(str(tmp_path / "no-such-folder"))  # refused before the folder is even looked at
+    assert "pip install pacmap" in err.value.fix
+    assert not (tmp_path / "cache").exists()

@@ -21,7 +21,7 @@ from .errors import ImgclustError
 from .features import FeatureSource, resolve_device
 from .features.extract import DEFAULT_SHARD_SIZE
 from .kselect import CRITERIA, DEFAULT_CRITERION, estimate_k, parse_k_range
-from .methods import DEFAULT_METHOD, available_methods, fit_input, fit_method, load_model
+from .methods import DEFAULT_METHOD, available_methods, fit_input, fit_method, load_model, validate_options
 from .methods.base import Assignment, ClusterModel, FitContext
 from .metrics import evaluate
 from .naming import name_clusters_with_head
@@ -230,6 +230,7 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         if self.method not in available_methods():
             raise ImgclustError(f"unknown method {self.method!r}",
                                 f"choose one of: {', '.join(available_methods())}")
+        validate_options(self.method, dict(self.method_options or {}))  # option names and types, packages
         self._check_n_clusters()
         if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or
                                             not isinstance(self.max_pixels, (int, np.integer)) or self.max_pixels < 1):

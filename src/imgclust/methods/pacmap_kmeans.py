@@ -97,4 +97,5 @@ def pacmap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: in
 
 PACMAP_KMEANS_OPTIONS = register_layout_method("pacmap-kmeans", pacmap_kmeans, PacmapKMeansModel,
                                                "k-means on a PaCMAP embedding of the features, read out by a linear "
-                                               "classifier")
+                                               "classifier (optional package: pacmap)",
+                                               requires=(("pacmap", "pacmap"),))

@@ -12,6 +12,8 @@ Adding a method is one module plus one import line in ``imgclust/methods/__init_
 
 from __future__ import annotations
 
+import importlib.util
+
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -41,6 +43,8 @@ class Method:
         fit_input: what ``fit`` needs in ``FitContext.features``, given the resolved options: ``"backbone"``
             (clean backbone features, the default) or ``"pixels-S"`` (the decoded images, uint8
             (N, 3, S, S), for models trained from scratch, so that no backbone pass is spent on them).
+        requires: optional packages the method needs, as ``(module, pip name)`` pairs, checked by
+            :func:`validate_options` so that a missing one stops the run before any extraction.
     """
 
     name: str
@@ -49,6 +53,7 @@ class Method:
     summary: str
     options: OptionSet | None = None
     fit_input: Callable[[ResolvedOptions], str] = _backbone_input
+    requires: tuple[tuple[str, str], ...] = ()
 
     def resolve(self, options: Mapping[str, Any]) -> ResolvedOptions:
         """``options`` checked against the declared ones, every default filled in."""
@@ -62,7 +67,8 @@ DEFAULT_METHOD = "umap-kmeans"
 
 
 def register_method(name: str, *, model: type[ClusterModel], summary: str, options: OptionSet | None = None,
-                    fit_input: Callable[[ResolvedOptions], str] = _backbone_input
+                    fit_input: Callable[[ResolvedOptions], str] = _backbone_input,
+                    requires: tuple[tuple[str, str], ...] = ()
                     ) -> Callable[[Callable[[FitContext], FitResult]], Callable[[FitContext], FitResult]]:
     """Decorator registering a fit function as method ``name`` (the function is returned unchanged)."""
 
@@ -70,7 +76,7 @@ def register_method(name: str, *, model: type[ClusterModel], summary: str, optio
         if name in METHODS and METHODS[name].fit is not fit:
             raise ValueError(f"method {name!r} is registered twice")
         METHODS[name] = Method(name=name, fit=fit, model=model, summary=summary, options=options,
-                               fit_input=fit_input)
+                               fit_input=fit_input, requires=requires)
         return fit
 
     return register
@@ -95,11 +101,16 @@ def resolve_options(name: str, options: Mapping[str, Any]) -> ResolvedOptions:
 
 
 def validate_options(name: str, options: Mapping[str, Any]) -> None:
-    """Raise ImgclustError (naming the valid keys) on an unknown method, option name or value type.
+    """Raise ImgclustError (naming the valid keys) on an unknown method, option name or value type, or a missing
+    optional package the method needs.
 
     Cheap: call it before any feature extraction.
     """
     resolve_options(name, options)
+    for module, package in get_method(name).requires:
+        if importlib.util.find_spec(module) is None:
+            raise ImgclustError(f"--method {name} needs the {package} package, which is not installed.",
+                                fix=f"pip install {package} (or choose another method: imgclust methods).")
 
 
 def fit_method(name: str, context: FitContext) -> FitResult:

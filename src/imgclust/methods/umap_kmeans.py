@@ -300,12 +300,13 @@ def _cross_fitted_readout(x: np.ndarray, labels: np.ndarray, k: int, folds: int,
 
 
 def register_layout_method(name: str, fit: Callable[..., tuple[UmapKMeansModel, dict[str, Any]]],
-                           model: type[UmapKMeansModel], summary: str) -> OptionSet:
+                           model: type[UmapKMeansModel], summary: str,
+                           requires: tuple[tuple[str, str], ...] = ()) -> OptionSet:
     """Register ``fit(features, n_clusters, seed=..., **options)`` as method ``name``; its options are ``fit``'s
     keyword parameters (returned, for callers that want their defaults)."""
     options = OptionSet(name, options_from_signature("method", fit, exclude=("features", "n_clusters", "seed")))
 
-    @register_method(name, model=model, options=options, summary=summary)
+    @register_method(name, model=model, options=options, summary=summary, requires=requires)
     def fit_layout_method(context: FitContext) -> FitResult:
         fitted, info = fit(context.features, context.n_clusters, seed=context.seed,
                            **options.resolve(context.options)["method"])
