@@ -13,16 +13,16 @@ Data sets (EfficientNet-Lite0 features, and Lite2 for the two-backbone rows, cac
 The small sets are clustered and scored on the same images (the usual clustering protocol). No setting is
 chosen here: every method runs with the library's defaults (chosen on development sets).
 
-Rows: k-means; TURTLE; ICBPL head (``n_views=0``) with 1, 3 and 5 restarts; SeCu head; ``auto``; k-means,
-TURTLE, ICBPL head and ``auto`` again on Lite0+Lite2 (two spaces: what ``--backbone
-efficientnet_lite0,efficientnet_lite2`` gives each method); ``umap-kmeans`` and ``pacmap-kmeans`` on Lite0 and on
-Lite0+Lite2. ICBPL's 1 and 3 restarts are the first members of the
-5-restart run (restart r uses seed + r and the same neighbours, exactly as a run with fewer restarts would),
-combined by the same consensus; ``--icbpl-restarts 3`` fits three (no x5 row) where time is short. ``auto`` is the library's ``--method auto`` computed from those rows: the candidate (k-means,
-TURTLE, ICBPL head with auto's default restarts) with the best label-free score, ties to the earlier one, the score computed exactly as
-``methods/auto.py`` does; its fit time is the sum of its candidates' fits and scores. The linear probe
-(logistic regression with the labels: train -> test on cifar10-10k, 5-fold cross-validation elsewhere) is the
-ceiling for the features.
+Rows: k-means; TURTLE; ICBPL head (``n_views=0``) with 1, 3 and 5 restarts; SeCu head; ``auto``; k-means, TURTLE,
+ICBPL head and ``auto`` again on Lite0+Lite2 (two spaces: what ``--backbone efficientnet_lite0,efficientnet_lite2``
+gives each method); ``umap-kmeans`` and ``pacmap-kmeans`` on Lite0 and on Lite0+Lite2. ICBPL's 1 and 3 restarts are
+the first members of the 5-restart run (restart r uses seed + r and the same neighbours, exactly as a run with fewer
+restarts would), combined by the same consensus; ``--icbpl-restarts 3`` fits three (no x5 row) where time is short.
+``auto`` is the library's ``--method auto`` computed from those rows: the candidate (k-means, TURTLE, ICBPL head
+with auto's default restarts) with the best label-free score, ties to the earlier one, the score computed exactly as
+``methods/auto.py`` does; its fit time is the sum of its candidates' fits and scores. The linear probe (logistic
+regression with the labels: train -> test on cifar10-10k, 5-fold cross-validation elsewhere) is the ceiling for the
+features.
 
     .venv/bin/python benchmarks/quality_table.py                       # everything (hours on 2 cores)
     .venv/bin/python benchmarks/quality_table.py --sets digits,mnist --seeds 0

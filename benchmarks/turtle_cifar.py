@@ -1,8 +1,9 @@
-"""TURTLE on CIFAR-10 (issue 17's target): fit on the first ``--per-class`` train images of every class, assign
-the first ``--test-per-class`` test images with the fitted model, score ACC/NMI/ARI there. Rows: k-means and
-TURTLE (``--methods`` adds umap-kmeans, pacmap-kmeans) with EfficientNet-Lite0, and with Lite0 + Lite2 as two
-spaces (k-means, umap-/pacmap-kmeans: the concatenation of the L2-normalised spaces); three seeds, mean ± sd, fit seconds. Every method runs
-with the library's defaults (TURTLE's chosen on the development sets by ``turtle_dev.py``, never here).
+"""TURTLE on CIFAR-10 (issue 17's target): fit on the first ``--per-class`` train images of every class, assign the
+first ``--test-per-class`` test images with the fitted model, score ACC/NMI/ARI there. Rows: k-means and TURTLE
+(``--methods`` adds umap-kmeans, pacmap-kmeans) with EfficientNet-Lite0, and with Lite0 + Lite2 as two spaces
+(k-means, umap-/pacmap-kmeans: the concatenation of the L2-normalised spaces); three seeds, mean ± sd, fit seconds.
+Every method runs with the library's defaults (TURTLE's chosen on the development sets by ``turtle_dev.py``, never
+here).
 
     python benchmarks/turtle_cifar.py                       # the issue's setting: 10,000 train / 10,000 test
     python benchmarks/turtle_cifar.py --per-class 300 --test-per-class 300

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import ImgclustError
-from .umap_kmeans import UmapKMeansModel, check_layout_options, layout_kmeans, register_layout_method
+from .umap_kmeans import UmapKMeansModel, check_integers, layout_kmeans, register_layout_method
 
 
 class PacmapKMeansModel(UmapKMeansModel):
@@ -71,11 +71,11 @@ def pacmap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: in
         raise ImgclustError("pacmap-kmeans needs the pacmap package, which is not installed (an optional "
                             "dependency: imgclust[pacmap]).",
                             fix="pip install pacmap (or imgclust[pacmap]), or use the default method.") from None
-    check_layout_options(n_neighbors=n_neighbors, n_components=n_components)
-    for name, value in (("mn_ratio", mn_ratio), ("fp_ratio", fp_ratio)):
+    check_integers(("n_neighbors", n_neighbors, 2), ("n_components", n_components, 1))
+    for name, value, default in (("mn_ratio", mn_ratio, 0.5), ("fp_ratio", fp_ratio, 2.0)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
             raise ImgclustError(f"{name} must be a number > 0; got {value!r}.",
-                                fix=f"use {name}={0.5 if name == 'mn_ratio' else 2.0} (PaCMAP's default).")
+                                fix=f"use {name}={default} (PaCMAP's default).")
 
     def layout(x: np.ndarray, layout_seed: int) -> np.ndarray:
         # PaCMAP logs a warning when seeded and when it reduces its pairs for a small N (both expected here), and

@@ -13,7 +13,6 @@ Adding a method is one module plus one import line in ``imgclust/methods/__init_
 from __future__ import annotations
 
 import importlib.util
-
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 

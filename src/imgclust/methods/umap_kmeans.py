@@ -67,7 +67,8 @@ _ASSIGN_BLOCK = 65536
 
 
 class UmapKMeansModel(ClusterModel):
-    """The readout of a fitted ``umap-kmeans`` (and, as a subclass, ``pacmap-kmeans``): a linear classifier of the L2-normalised backbone features.
+    """The readout of a fitted ``umap-kmeans`` (and, as a subclass, ``pacmap-kmeans``): a linear classifier of the
+    L2-normalised backbone features.
 
     ``confidence`` is the classifier's output for the assigned cluster (a least-squares estimate of the
     cluster's probability, clipped to [0, 1]); ``distance`` is the cosine distance to the assigned cluster's
@@ -166,7 +167,7 @@ def umap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: int 
         raise ImgclustError("umap-kmeans (the default method) needs the umap-learn package, which is not installed "
                             "(it is one of imgclust's dependencies: was it installed with --no-deps?).",
                             fix="pip install umap-learn, or use --method kmeans.") from None
-    check_layout_options(n_neighbors=n_neighbors, n_components=n_components)
+    check_integers(("n_neighbors", n_neighbors, 2), ("n_components", n_components, 1))
     if not 0.0 <= min_dist <= 1.0:
         raise ImgclustError(f"min_dist must be within [0, 1]; got {min_dist!r}.", fix="use min_dist=0.0.")
 
@@ -182,14 +183,13 @@ def umap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: int 
                          readout_folds=readout_folds, fit_rows=fit_rows, restarts=restarts)
 
 
-def check_layout_options(**counts: int) -> None:
-    """Integer options of a layout (``name=value``): each at least 1, ``n_neighbors`` at least 2.
+def check_integers(*settings: tuple[str, Any, int]) -> None:
+    """Each ``(name, value, low)``: ``value`` must be an integer (not a bool) of at least ``low``.
 
     Raises:
         ImgclustError: naming the option and a valid value.
     """
-    for name, value in counts.items():
-        low = 2 if name == "n_neighbors" else 1
+    for name, value, low in settings:
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise ImgclustError(f"{name} must be an integer >= {low}; got {value!r}.", fix=f"use {name} >= {low}.")
 
@@ -200,10 +200,8 @@ def layout_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: in
                   ) -> tuple[UmapKMeansModel, dict[str, Any]]:
     """Steps 1 and 3-5 of the module docstring around any ``layout(unit rows, seed) -> (N, d) embedding``
     (UMAP's, PaCMAP's): k-means in the embedding, the cross-fitted readout, and the model."""
-    for name, value, low in (("n_init", n_init, 1), ("fit_rows", fit_rows, 2), ("readout_folds", readout_folds, 0),
-                             ("restarts", restarts, 1)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-            raise ImgclustError(f"{name} must be an integer >= {low}; got {value!r}.", fix=f"use {name} >= {low}.")
+    check_integers(("n_init", n_init, 1), ("fit_rows", fit_rows, 2), ("readout_folds", readout_folds, 0),
+                   ("restarts", restarts, 1))
     if readout_folds == 1:
         raise ImgclustError("readout_folds must be 0 (no readout) or at least 2; got 1.", fix="use readout_folds=5.")
     rows = _as_rows(features)
@@ -229,7 +227,8 @@ def layout_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: in
         scores = [partition_score(x_distinct, fit[3], seed=seed).kappa for fit in fits]
         restart_info = {"restart_scores": [round(float(v), 4) for v in scores], "restart_kept": int(np.argmax(scores))}
     layout_labels, weights, bias, labels, readout_kept = fits[restart_info.get("restart_kept", 0)]
-    model = model_class(weights, bias, mean_directions(x, _predict(x, weights, bias), k))
+    row_labels = labels if x_distinct is x else _predict(x, weights, bias)  # copies: their first copy's cluster
+    model = model_class(weights, bias, mean_directions(x, row_labels, k))
     info = {"fit_rows": int(len(x)), "moved_by_readout": float(np.mean(labels != layout_labels)),
             "readout_kept": bool(readout_kept), "score_note": score_note(model_class.method), **restart_info}
     if len(x_distinct) < len(x):
@@ -239,7 +238,7 @@ def layout_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: in
 
 def _first_of_each_distinct_row(x: np.ndarray) -> np.ndarray:
     """Indices of the rows that are not an exact copy of an earlier row, in row order (by a 128-bit digest of each
-    row's bytes: a second per 50,000 rows of 2,560 floats, where ``np.unique(axis=0)`` sorts for half a minute)."""
+    row's bytes: 0.6 s for 50,000 rows of 2,560 floats, where ``np.unique(axis=0)`` sorts for 13 s)."""
     first: dict[bytes, int] = {}
     for i, row in enumerate(np.ascontiguousarray(x)):
         first.setdefault(hashlib.blake2b(row.tobytes(), digest_size=16).digest(), i)
