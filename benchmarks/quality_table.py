@@ -15,7 +15,7 @@ chosen here: every method runs with the library's defaults (chosen on developmen
 
 Rows: k-means; TURTLE; ICBPL head (``n_views=0``) with 1, 3 and 5 restarts; SeCu head; ``auto``; k-means, TURTLE,
 ICBPL head and ``auto`` again on Lite0+Lite2 (two spaces: what ``--backbone efficientnet_lite0,efficientnet_lite2``
-gives each method); ``umap-kmeans`` and ``pacmap-kmeans`` on Lite0 and on Lite0+Lite2. ICBPL's 1 and 3 restarts are
+gives each method); ``umap-kmeans``, ``pacmap-kmeans`` and ``umap-pacmap-kmeans`` on Lite0 and on Lite0+Lite2. ICBPL's 1 and 3 restarts are
 the first members of the 5-restart run (restart r uses seed + r and the same neighbours, exactly as a run with fewer
 restarts would), combined by the same consensus; ``--icbpl-restarts 3`` fits three (no x5 row) where time is short.
 ``auto`` is the library's ``--method auto`` computed from those rows: the candidate (k-means, TURTLE, ICBPL head
@@ -83,11 +83,13 @@ FITTED: dict[str, tuple[str, dict[str, Any], str]] = {
     "umap-kmeans Lite0+Lite2": ("umap-kmeans", {}, "Lite0+Lite2"),
     "pacmap-kmeans": ("pacmap-kmeans", {}, "Lite0"),
     "pacmap-kmeans Lite0+Lite2": ("pacmap-kmeans", {}, "Lite0+Lite2"),
+    "umap-pacmap-kmeans": ("umap-pacmap-kmeans", {}, "Lite0"),
+    "umap-pacmap-kmeans Lite0+Lite2": ("umap-pacmap-kmeans", {}, "Lite0+Lite2"),
 }
 ROW_ORDER = ["kmeans", "turtle", "icbpl head x1", "icbpl head x3", "icbpl head x5", "secu head", "auto",
              "kmeans Lite0+Lite2", "turtle Lite0+Lite2", "icbpl head x1 Lite0+Lite2", "icbpl head x3 Lite0+Lite2",
              "icbpl head x5 Lite0+Lite2", "auto Lite0+Lite2", "umap-kmeans", "umap-kmeans Lite0+Lite2",
-             "pacmap-kmeans", "pacmap-kmeans Lite0+Lite2"]
+             "pacmap-kmeans", "pacmap-kmeans Lite0+Lite2", "umap-pacmap-kmeans", "umap-pacmap-kmeans Lite0+Lite2"]
 
 Split = tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]  # features, labels, spaces
 

@@ -26,7 +26,7 @@ import numpy as np
 import _kfeatures as kf
 from _common import RESULTS, print_table, save_result
 
-LAYOUT_METHODS = ("umap-kmeans", "pacmap-kmeans")
+LAYOUT_METHODS = ("umap-kmeans", "pacmap-kmeans", "umap-pacmap-kmeans")
 
 
 def fit_and_score(name: str, backbones: list[str], seeds: list[int], method: str = "umap-kmeans",
@@ -50,7 +50,8 @@ def fit_and_score(name: str, backbones: list[str], seeds: list[int], method: str
             record[fitted] = {"acc": cluster_accuracy(y, labels), "seconds": round(seconds, 1),
                               "score": partition_score(features, labels, spaces=spaces, seed=seed).kappa,
                               **{key: value for key, value in result.info.items() if key in
-                                 ("moved_by_readout", "readout_kept", "restart_scores", "restart_kept")}}
+                                 ("moved_by_readout", "readout_kept", "restart_scores", "restart_kept",
+                                  "layout_agreement")}}
         print(name, seed, " ".join(f"{m} {record[m]['acc']:.3f} (score {record[m]['score']:.3f}, "
                                     f"{record[m]['seconds']:.0f} s)" for m in ("kmeans", method)), flush=True)
         records.append(record)

@@ -79,3 +79,12 @@ def single_thread():
     torch.set_num_threads(threads)
     if faiss is not None:
         faiss.omp_set_num_threads(faiss_threads)
+
+
+@pytest.fixture(scope="session")
+def digits_1797() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 real 8x8 digit images (64 pixels each) as float32, and their digits."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    return x.astype(np.float32), y.astype(np.int64)

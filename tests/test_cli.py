@@ -77,5 +77,5 @@ def test_list_commands(capsys: pytest.CaptureFixture) -> None:
     assert main(["backbones"]) == 0 and "efficientnet_lite0" in capsys.readouterr().out
     listed = main(["methods"]) == 0 and capsys.readouterr().out
     names = [line.split(":")[0] for line in listed.splitlines() if not line.startswith(" ")]
-    assert "kmeans" in names and "umap-kmeans (the default)" in names and "pacmap-kmeans" in names
+    assert "kmeans" in names and "umap-pacmap-kmeans (the default)" in names and "pacmap-kmeans" in names
     assert main(["datasets"]) == 0 and "builtin:digits" in capsys.readouterr().out

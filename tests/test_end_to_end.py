@@ -43,7 +43,7 @@ def test_cli_default_on_2000_cifar10_images(tmp_path: Path, cifar10_dir: Path, c
 
     assert code == 0
     printed = capsys.readouterr().out
-    assert "ACC" in printed and "skipped 1 unreadable" in printed
+    assert "ACC" in printed and "skipped 1 unreadable" in printed and "the two layouts agree" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     # The default method must beat the baseline it replaced, on the same cached features.
     assert main(["cluster", str(source), "-k", "10", "--method", "kmeans", "--out", str(tmp_path / "kmeans"),
@@ -59,7 +59,7 @@ def test_cli_default_on_2000_cifar10_images(tmp_path: Path, cifar10_dir: Path, c
     run = json.loads((out / "run.json").read_text())
     assert run["n_skipped"] == 1 and run["skipped"][0]["item"].endswith("not-an-image.jpg")
     assert run["versions"]["torch"] and run["timings_seconds"]["features"] > 0
-    assert sum(run["cluster_sizes"]) == 2000 and run["config"]["method"] == "umap-kmeans"
+    assert sum(run["cluster_sizes"]) == 2000 and run["config"]["method"] == "umap-pacmap-kmeans"
     assert _tree_digest(source) == before, "the source folder must never be modified"
 
     # The saved run predicts its own training images back to the same clusters.

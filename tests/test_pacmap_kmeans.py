@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 
 from imgclust.errors import ImgclustError
 from imgclust.methods import FitContext, fit_method, load_model
@@ -18,20 +17,13 @@ pytest.importorskip("pacmap", reason="pacmap-kmeans needs pacmap (installed by s
 
 
 @pytest.fixture(scope="module")
-def digits() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 1,797 real 8x8 digit images (64 pixels each)."""
-    x, y = load_digits(return_X_y=True)
-    return x.astype(np.float32), y.astype(np.int64)
-
-
-@pytest.fixture(scope="module")
-def fitted(digits):
-    x, _ = digits
+def fitted(digits_1797):
+    x, _ = digits_1797
     return fit_method("pacmap-kmeans", FitContext(features=x, n_clusters=10, seed=0))
 
 
-def test_beats_kmeans_on_real_digits(digits, fitted) -> None:
-    x, y = digits
+def test_beats_kmeans_on_real_digits(digits_1797, fitted) -> None:
+    x, y = digits_1797
     kmeans = fit_method("kmeans", FitContext(features=x, n_clusters=10, seed=0))
     acc = cluster_accuracy(y, fitted.assignment.labels)
     kmeans_acc = cluster_accuracy(y, kmeans.assignment.labels)
@@ -40,8 +32,8 @@ def test_beats_kmeans_on_real_digits(digits, fitted) -> None:
     assert "pacmap-kmeans' clusters" in fitted.info["score_note"]
 
 
-def test_partition_is_the_models_own_and_survives_save_and_load(digits, fitted) -> None:
-    x, _ = digits
+def test_partition_is_the_models_own_and_survives_save_and_load(digits_1797, fitted) -> None:
+    x, _ = digits_1797
     loaded = load_model("pacmap-kmeans", fitted.model.state_tensors(), fitted.model.config())
     assert isinstance(loaded, PacmapKMeansModel) and loaded.method == "pacmap-kmeans"
     np.testing.assert_array_equal(loaded.assign(x).labels, fitted.assignment.labels)
@@ -49,17 +41,17 @@ def test_partition_is_the_models_own_and_survives_save_and_load(digits, fitted) 
         loaded.assign(np.ones((3, 7), dtype=np.float32))
 
 
-def test_same_seed_same_partition_other_seed_another_layout(digits, fitted) -> None:
-    x, _ = digits
+def test_same_seed_same_partition_other_seed_another_layout(digits_1797, fitted) -> None:
+    x, _ = digits_1797
     again = fit_method("pacmap-kmeans", FitContext(features=x, n_clusters=10, seed=0))
     np.testing.assert_array_equal(again.assignment.labels, fitted.assignment.labels)
     other = fit_method("pacmap-kmeans", FitContext(features=x, n_clusters=10, seed=1))
     assert not np.array_equal(other.assignment.labels, fitted.assignment.labels)
 
 
-def test_small_sets_get_a_layout_or_kmeans(digits) -> None:
+def test_small_sets_get_a_layout_or_kmeans(digits_1797) -> None:
     # PaCMAP reduces its pairs for a handful of rows (no error, no log noise); fewer than K + 3 rows get k-means.
-    x, _ = digits
+    x, _ = digits_1797
     model, info = pacmap_kmeans(x[:12], 4, seed=0)
     assert info.get("fallback") is None and np.unique(model.assign(x[:12]).labels).size == 4
     assert "too few" in pacmap_kmeans(x[:6], 4, seed=0)[1]["fallback"]
@@ -72,26 +64,26 @@ def test_small_sets_get_a_layout_or_kmeans(digits) -> None:
     ({"fp_ratio": -1.0}, "fp_ratio"),
     ({"readout_folds": 1}, "readout_folds"),
 ])
-def test_bad_options_say_which(digits, options, match) -> None:
+def test_bad_options_say_which(digits_1797, options, match) -> None:
     with pytest.raises(ImgclustError, match=match):
-        fit_method("pacmap-kmeans", FitContext(features=digits[0][:100], n_clusters=3, options=options))
+        fit_method("pacmap-kmeans", FitContext(features=digits_1797[0][:100], n_clusters=3, options=options))
 
 
-def test_missing_package_is_explained(digits, monkeypatch) -> None:
+def test_missing_package_is_explained(digits_1797, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "pacmap", None)  # as if pacmap were not installed
     with pytest.raises(ImgclustError, match="pacmap") as err:
-        pacmap_kmeans(digits[0][:100], 3)
+        pacmap_kmeans(digits_1797[0][:100], 3)
     assert "pip install pacmap" in err.value.fix
 
 
-def test_leaves_faiss_threads_and_pacmap_logging_as_they_were(digits) -> None:
+def test_leaves_faiss_threads_and_pacmap_logging_as_they_were(digits_1797) -> None:
     import logging
 
     import faiss
 
     before = faiss.omp_get_max_threads()
     level = logging.getLogger("pacmap.pacmap").level
-    pacmap_kmeans(digits[0][:200], 4, seed=0)  # seeded PaCMAP sets faiss to one thread process-wide
+    pacmap_kmeans(digits_1797[0][:200], 4, seed=0)  # seeded PaCMAP sets faiss to one thread process-wide
     assert faiss.omp_get_max_threads() == before and logging.getLogger("pacmap.pacmap").level == level
 
 

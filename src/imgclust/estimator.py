@@ -45,8 +45,8 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
             (on a CPU the fastest installed engine that gives PyTorch's float32 features, measured once per
             backbone; PyTorch on a GPU), ``"torch"``, ``"onnxruntime"``, ``"openvino"``.
         quality_score: compute ``quality_``, the label-free score of the partition (a few seconds).
-        method: ``"umap-kmeans"`` (the default), ``"pacmap-kmeans"``, ``"kmeans"`` (the baseline), ``"turtle"``,
-            ``"icbpl"``, ``"secu"`` or ``"auto"`` — see ``available_methods()``.
+        method: ``"umap-pacmap-kmeans"`` (the default), ``"umap-kmeans"``, ``"pacmap-kmeans"``, ``"kmeans"`` (the
+            baseline), ``"turtle"``, ``"icbpl"``, ``"secu"`` or ``"auto"`` — see ``available_methods()``.
         backbone: backbone name (``imgclust.backbones.available_backbones()``), default EfficientNet-Lite0.
         weights: local weights file for the backbone (``.safetensors``/``.pth``); ``None`` = the default.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``…

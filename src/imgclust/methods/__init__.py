@@ -29,8 +29,9 @@ from . import kmeans  # noqa: E402,F401  (registers "kmeans")
 from . import icbpl  # noqa: E402,F401  (registers "icbpl")
 from . import secu  # noqa: E402,F401  (registers "secu")
 from . import turtle  # noqa: E402,F401  (registers "turtle")
-from . import umap_kmeans  # noqa: E402,F401  (registers "umap-kmeans", the default)
+from . import umap_kmeans  # noqa: E402,F401  (registers "umap-kmeans")
 from . import pacmap_kmeans  # noqa: E402,F401  (registers "pacmap-kmeans")
+from . import umap_pacmap_kmeans  # noqa: E402,F401  (registers "umap-pacmap-kmeans", the default)
 from . import auto  # noqa: E402,F401  (registers "auto": keeps the best candidate by the label-free score)
 
 __all__ = [

@@ -8,9 +8,10 @@ optimises only the neighbour graph, and on two Fashion-MNIST development subsets
 merged two neighbouring ones (docs/methods/umap-kmeans.md): there PaCMAP's layout did not.
 
 On the 20 development sets (EfficientNet-Lite0, seeds 0-2) it was 0.814 against umap-kmeans' 0.806 and k-means'
-0.780, with no set below k-means - 0.01 (umap-kmeans has one), 3-10 times faster than umap-kmeans. It is not
-the default: on the nine evaluation and held-out sets run afterwards it was 0.011 below umap-kmeans on average and
-0.015 below k-means on one held-out set (docs/methods/pacmap-kmeans.md).
+0.780, with no set below k-means - 0.01 (umap-kmeans has one), 3-10 times faster than umap-kmeans. It did not
+become the default: on the nine evaluation and held-out sets run afterwards it was 0.011 below umap-kmeans on average
+and 0.015 below k-means on one held-out set (docs/methods/pacmap-kmeans.md). The default, ``umap-pacmap-kmeans``,
+combines its partition with umap-kmeans' (:mod:`imgclust.methods.umap_pacmap_kmeans`).
 
 Steps: those of umap-kmeans with step 2 replaced by PaCMAP (``n_neighbors`` 30 neighbours by angular distance,
 ``n_components`` 2 dimensions, the authors' mid-near and far-pair ratios 0.5 and 2.0, seeded; PaCMAP first reduces
@@ -20,7 +21,7 @@ wider rows to 100 dimensions by PCA, as its authors do).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -64,13 +65,26 @@ def pacmap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: in
     Raises:
         ImgclustError: bad settings or features (as k-means), or pacmap missing.
     """
+    return layout_kmeans(features, n_clusters, seed, [pacmap_layout(n_neighbors, n_components, mn_ratio, fp_ratio)],
+                         PacmapKMeansModel, n_init=n_init, readout_folds=readout_folds, fit_rows=fit_rows,
+                         restarts=restarts)
+
+
+def pacmap_layout(n_neighbors: int = 30, n_components: int = 2, mn_ratio: float = 0.5, fp_ratio: float = 2.0
+                  ) -> Callable[[np.ndarray, int], np.ndarray]:
+    """PaCMAP with these settings (angular distance, seeded) as ``layout(unit rows, seed) -> embedding``.
+
+    Raises:
+        ImgclustError: bad settings, or pacmap missing.
+    """
     try:
         import faiss  # pacmap's neighbour search (one of its dependencies)
         import pacmap
     except ImportError:
-        raise ImgclustError("pacmap-kmeans needs the pacmap package, which is not installed (an optional "
-                            "dependency: imgclust[pacmap]).",
-                            fix="pip install pacmap (or imgclust[pacmap]), or use the default method.") from None
+        raise ImgclustError("pacmap-kmeans and umap-pacmap-kmeans (the default method) need the pacmap package, "
+                            "which is not installed (it is one of imgclust's dependencies: was it installed with "
+                            "--no-deps?).",
+                            fix="pip install pacmap, or use --method umap-kmeans.") from None
     check_integers(("n_neighbors", n_neighbors, 2), ("n_components", n_components, 1))
     for name, value, default in (("mn_ratio", mn_ratio, 0.5), ("fp_ratio", fp_ratio, 2.0)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
@@ -91,11 +105,10 @@ def pacmap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: in
             logger.setLevel(level)
             faiss.omp_set_num_threads(faiss_threads)
 
-    return layout_kmeans(features, n_clusters, seed, layout, PacmapKMeansModel, n_init=n_init,
-                         readout_folds=readout_folds, fit_rows=fit_rows, restarts=restarts)
+    return layout
 
 
 PACMAP_KMEANS_OPTIONS = register_layout_method("pacmap-kmeans", pacmap_kmeans, PacmapKMeansModel,
                                                "k-means on a PaCMAP embedding of the features, read out by a linear "
-                                               "classifier (optional package: pacmap)",
+                                               "classifier",
                                                requires=(("pacmap", "pacmap"),))

@@ -1,0 +1,62 @@
+"""umap-pacmap-kmeans: the consensus of a UMAP and a PaCMAP layout's partitions, read out by a ridge classifier;
+the consensus step on layouts that fail in known ways, save/load, predict. The readout, the k-means fallback and
+copies of one image are tested with umap-kmeans (test_umap_kmeans.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from imgclust.methods import FitContext, fit_method, load_model
+from imgclust.methods.umap_kmeans import _fit_layouts
+from imgclust.methods.umap_pacmap_kmeans import UmapPacmapKMeansModel
+from imgclust.metrics import cluster_accuracy
+from imgclust.neighbors import normalize_features
+
+pytest.importorskip("pacmap", reason="umap-pacmap-kmeans needs pacmap (installed by scripts/setup.sh)")
+
+
+@pytest.fixture(scope="module")
+def fitted(digits_1797):
+    return fit_method("umap-pacmap-kmeans", FitContext(features=digits_1797[0], n_clusters=10, seed=0))
+
+
+def test_beats_kmeans_on_real_digits_and_reports_how_far_the_layouts_agree(digits_1797, fitted) -> None:
+    baseline = fit_method("kmeans", FitContext(features=digits_1797[0], n_clusters=10, seed=0)).assignment.labels
+    accuracies = [cluster_accuracy(digits_1797[1], labels) for labels in (fitted.assignment.labels, baseline)]
+    assert accuracies[0] >= accuracies[1] + 0.03, accuracies
+    assert 0.5 < fitted.info["layout_agreement"] <= 1.0 and fitted.info["readout_kept"]
+    assert "umap-pacmap-kmeans' clusters" in fitted.info["score_note"]
+
+
+def test_consensus_rejoins_a_class_one_layout_split_and_separates_two_it_merged(digits_1797) -> None:
+    # Three real digit classes. Layout A splits class 0 in two (along its main axis, so a linear readout can
+    # follow) and merges classes 1 and 2, the failure UMAP showed on Fashion-MNIST subsets; layout B sees the
+    # classes. Alone, A's partition is at best 2/3 right; the consensus of the two must recover the classes.
+    x, y = digits_1797
+    keep = y < 3
+    x, y = normalize_features(x[keep]), y[keep]
+    zero = np.flatnonzero(y == 0)
+    centred = x[zero] - x[zero].mean(0)
+    axis = np.linalg.svd(centred, full_matrices=False)[2][0]
+    split = np.where(y == 0, 0, 2)
+    split[zero[centred @ axis > 0]] = 1
+    rng = np.random.default_rng(0)
+
+    def embed(partition):
+        return lambda rows, seed: np.eye(3)[partition] * 10 + rng.normal(size=(len(rows), 3))
+
+    a_alone = _fit_layouts([embed(split)], x, 3, seed=0, n_init=10, readout_folds=5)
+    both = _fit_layouts([embed(split), embed(y)], x, 3, seed=0, n_init=10, readout_folds=5)
+    assert cluster_accuracy(y, a_alone.labels) < 0.7
+    assert cluster_accuracy(y, both.labels) > 0.95, cluster_accuracy(y, both.labels)
+    assert both.layout_agreement < 0.8 and a_alone.layout_agreement is None
+
+
+def test_partition_is_the_models_own_survives_save_and_load_and_repeats_with_the_seed(digits_1797, fitted) -> None:
+    x, _ = digits_1797
+    loaded = load_model("umap-pacmap-kmeans", fitted.model.state_tensors(), fitted.model.config())
+    assert isinstance(loaded, UmapPacmapKMeansModel) and loaded.method == "umap-pacmap-kmeans"
+    np.testing.assert_array_equal(loaded.assign(x).labels, fitted.assignment.labels)
+    again = fit_method("umap-pacmap-kmeans", FitContext(features=x, n_clusters=10, seed=0))
+    np.testing.assert_array_equal(again.assignment.labels, fitted.assignment.labels)
