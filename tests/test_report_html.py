@@ -195,6 +195,7 @@ def _report_with_all_parts(tmp_path: Path, cifar10_dir: Path | None = None) -> t
     out.mkdir()
     data, features = _run_data(out, items, **ALL_PARTS)
     data.run["skipped"].append({"item": str(tmp_path / LONG_SKIPPED), "reason": "cannot identify image file"})
+    data.run["fit_info"] = {"layout_agreement": 0.6312}  # as umap-pacmap-kmeans records it
 
     def no_reading_back(_: RunData) -> None:
         raise AssertionError("features were passed: nothing may be read back")
@@ -219,6 +220,7 @@ def test_report_from_memory_with_names_duplicates_outliers_quality(tmp_path: Pat
     assert '<span class="badge exact">exact</span>' in text and '<span class="badge near">near</span>' in text
     assert "similarity 0.973" in text and "score 2.5 · cluster 0" in text
     assert "<td>0.8125</td>" in text and "κ in space 1" in text                # quality
+    assert "the two layouts agree" in text and "<td>0.6312</td>" in text
     assert LONG_SKIPPED.replace("/", "/<wbr>") in text                         # wraps between folders
     assert '<tr class="chosen"><td>kmeans</td><td>3</td><td>0.8125</td></tr>' in text
     assert "<td>turtle</td>" in text
@@ -236,7 +238,7 @@ def test_report_without_optional_parts_leaves_their_sections_out(tmp_path: Path)
     write_report(tmp_path, data=data, features=features, map_method="pca", progress=False)
     text = (tmp_path / "report.html").read_text(encoding="utf-8")
     for absent in ('id="duplicates"', 'id="outliers"', 'class="name"', "label-free quality", 'id="k"',
-                   'id="metrics"', 'data-copy-of="'):
+                   'id="metrics"', 'data-copy-of="', "layouts agree"):
         assert absent not in text
     assert "<h3>Cluster 1</h3>" in text
 

@@ -490,6 +490,9 @@ def _summary(data: RunData) -> dict[str, Any]:
         rows.append(("K", f"estimated: {data.k_selection['k']} ({data.k_selection['criterion']})"))
     if data.quality:
         rows.append(("label-free quality (κ)", data.quality.get("kappa")))
+    agreement = (data.run.get("fit_info") or {}).get("layout_agreement")  # umap-pacmap-kmeans
+    if agreement is not None:
+        rows.append(("the two layouts agree (adjusted Rand index, 1 = the same clusters)", agreement))
     if data.duplicates:
         rows.append(("duplicate groups", len(data.duplicates)))
     if data.outliers is not None:
