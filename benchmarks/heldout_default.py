@@ -20,7 +20,8 @@ the one that kept pacmap-kmeans out (session 28), each read from a package file 
 
 The images go through the library as a user's ``.npz`` would (``imgclust.data.load_source``, default backbone
 EfficientNet-Lite0, features cached under benchmarks/cache/); k-means, umap-kmeans, pacmap-kmeans and
-umap-pacmap-kmeans run with their defaults, seeds 0-2, through ``fit_method``. Prints a table, writes ``benchmarks/results/heldout_default.json``. With
+umap-pacmap-kmeans run with their defaults, seeds 0-2, through ``fit_method``. Prints a table, writes
+``benchmarks/results/heldout_default.json``. With
 ``--backbones efficientnet_lite0,efficientnet_lite2`` both methods get the two spaces as ``--backbone a,b`` gives
 them (written to ``heldout_default_lite0_lite2.json``): a check of the second backbone the default run's summary
 suggests. (Runs recorded before session 28 have no pacmap-kmeans rows, before session 29 no umap-pacmap-kmeans

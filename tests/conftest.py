@@ -81,6 +81,16 @@ def single_thread():
         faiss.omp_set_num_threads(faiss_threads)
 
 
+def accuracies_against_kmeans(fitted, x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """ACC of a method's fit (a ``FitResult`` on ``x``) and of k-means fitted on the same ``x`` with the same seed."""
+    from imgclust.methods import FitContext, fit_method
+    from imgclust.metrics import cluster_accuracy
+
+    kmeans = fit_method("kmeans", FitContext(features=x, n_clusters=int(fitted.model.config()["n_clusters"]),
+                                             seed=seed))
+    return cluster_accuracy(y, fitted.assignment.labels), cluster_accuracy(y, kmeans.assignment.labels)
+
+
 @pytest.fixture(scope="session")
 def digits_1797() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 1,797 real 8x8 digit images (64 pixels each) as float32, and their digits."""

@@ -21,7 +21,7 @@ from .errors import ImgclustError
 from .features import FeatureSource, resolve_device
 from .features.extract import DEFAULT_SHARD_SIZE
 from .kselect import CRITERIA, DEFAULT_CRITERION, estimate_k, parse_k_range
-from .methods import DEFAULT_METHOD, available_methods, fit_input, fit_method, load_model, validate_options
+from .methods import DEFAULT_METHOD, fit_input, fit_method, load_model, validate_options
 from .methods.base import Assignment, ClusterModel, FitContext
 from .metrics import evaluate
 from .naming import name_clusters_with_head
@@ -227,10 +227,7 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
 
     def check_params(self) -> None:
         """Refuse a bad setting before any work (ImgclustError naming the fix); sets ``device_``."""
-        if self.method not in available_methods():
-            raise ImgclustError(f"unknown method {self.method!r}",
-                                f"choose one of: {', '.join(available_methods())}")
-        validate_options(self.method, dict(self.method_options or {}))  # option names and types, packages
+        validate_options(self.method, dict(self.method_options or {}))  # the method, its options, its packages
         self._check_n_clusters()
         if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or
                                             not isinstance(self.max_pixels, (int, np.integer)) or self.max_pixels < 1):

@@ -89,10 +89,9 @@ def available_methods() -> list[str]:
 
 def get_method(name: str) -> Method:
     """The registered method ``name``; ImgclustError listing the choices if there is none."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ImgclustError(f"unknown method {name!r}.", fix=f"choose one of: {', '.join(METHODS)}.") from None
+    if not isinstance(name, str) or name not in METHODS:
+        raise ImgclustError(f"unknown method {name!r}.", fix=f"choose one of: {', '.join(METHODS)}.")
+    return METHODS[name]
 
 
 def resolve_options(name: str, options: Mapping[str, Any]) -> ResolvedOptions:

@@ -179,8 +179,9 @@ def umap_layout(n_neighbors: int = 30, n_components: int = 10, min_dist: float =
     try:
         import umap
     except ImportError:
-        raise ImgclustError("umap-kmeans (the default method) needs the umap-learn package, which is not installed "
-                            "(it is one of imgclust's dependencies: was it installed with --no-deps?).",
+        raise ImgclustError("umap-kmeans and umap-pacmap-kmeans (the default method) need the umap-learn package, "
+                            "which is not installed (it is one of imgclust's dependencies: was it installed with "
+                            "--no-deps?).",
                             fix="pip install umap-learn, or use --method kmeans.") from None
     check_integers(("n_neighbors", n_neighbors, 2), ("n_components", n_components, 1))
     if not 0.0 <= min_dist <= 1.0:
