@@ -48,11 +48,21 @@ def git_commit() -> str | None:
         return None
 
 
+def feature_pooling() -> str | None:
+    """How the EfficientNet-Lite features of this run were pooled (``_kfeatures.POOLING`` resolved: ``auto`` is the
+    library's default, GeM since session 30; results written before then carry no such field and were averaged)."""
+    kfeatures = sys.modules.get("_kfeatures")
+    if kfeatures is None:
+        return None
+    return "gem" if kfeatures.POOLING == "auto" else kfeatures.POOLING
+
+
 def save_result(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     payload = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": git_commit(),
-               "command": shlex.join([Path(sys.executable).name, *sys.argv]), "machine": machine(), **payload}
+               "command": shlex.join([Path(sys.executable).name, *sys.argv]), "machine": machine(),
+               "feature_pooling": feature_pooling(), **payload}
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
 

@@ -28,6 +28,9 @@ PER_CLASS = 300  # 3,000 images for the 10-class sets: a few minutes of extracti
 #: Backbone the features come from (``k_estimation.py --backbone``); the default is the library's. A comma-separated
 #: list gives what ``imgclust cluster --backbone a,b`` clusters: each space L2-normalised, concatenated.
 DEFAULT_BACKBONE = BACKBONE = "efficientnet_lite0"
+#: How EfficientNet-Lite pools (``imgclust.backbones.POOLINGS``; ``auto``: the library's default, GeM since session
+#: 30). ``avg`` gives the features every figure before session 30 was measured on.
+POOLING = "auto"
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -80,7 +83,7 @@ def _extract_one(dataset, name: str) -> np.ndarray:
     from imgclust.backbones import create_backbone
     from imgclust.features import extract_features
 
-    backbone = create_backbone(name)
+    backbone = create_backbone(name, pooling=POOLING)
     if hasattr(dataset, "draft_size"):
         dataset.draft_size = backbone.preprocess.input_size
     fs = extract_features(dataset, backbone, cache_dir=CACHE, device="cpu", batch_size=64, progress=True)

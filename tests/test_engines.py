@@ -105,6 +105,22 @@ def test_onnxruntime_extraction_matches_torch_float32(tmp_path, images, backbone
     assert fast.path.name == reference.path.name  # same cache key: one entry serves every float32 engine
 
 
+def test_pooling_is_part_of_the_feature_and_export_identities(tmp_path, images, backbone):
+    """Average-pooled features (imgclust's before GeM) get their own cache entry and ONNX export, never GeM's."""
+    average = create_backbone("efficientnet_lite0", pooling="avg")
+    gem = extract_features(images, backbone, cache_dir=tmp_path, engine="onnxruntime", num_workers=0,
+                           progress=False)
+    avg = extract_features(images, average, cache_dir=tmp_path, engine="onnxruntime", num_workers=0,
+                           progress=False)
+    assert (gem.manifest["identity"]["pooling"], avg.manifest["identity"]["pooling"]) == ("gem", "avg")
+    assert gem.path != avg.path and avg.manifest["engine"] == "onnxruntime"
+    assert len([p for p in (tmp_path / "onnx").iterdir() if p.is_dir()]) == 2  # two exports (and their locks)
+    reference = TorchEngine(average, "cpu")(average.normalize(torch.stack(
+        [average.preprocess.to_uint8_tensor(images.load(i)) for i in range(len(images))])))
+    assert min_cosine(np.asarray(avg.features), reference) >= engines.MIN_COSINE
+    assert min_cosine(np.asarray(gem.features), reference) < 0.999
+
+
 def test_trunk_export_matches_torch(tmp_path, backbone, sample):
     trunk = backbone.split(3)[0]  # what ICBPL/SeCu fine-tuning of 3 blocks caches
     engine = _open(tmp_path, backbone, sample, encoder=trunk, encoder_id="trunk-3")

@@ -96,3 +96,28 @@ def test_from_scratch_secu_never_runs_the_backbone(run: tuple[Path, Path, Path],
     valid = [i for i, item in enumerate(clusterer.items_) if item in files]
     assert ImageClusterer.load(tmp_path / "scratch").predict(files).tolist() == \
         [int(labels[i]) for i in sorted(valid, key=lambda i: clusterer.items_[i])]
+
+
+def test_average_pooled_runs_predict_with_average_pooled_features(run: tuple[Path, Path, Path], tmp_path: Path
+                                                                  ) -> None:
+    """``--pooling avg`` reaches the saved model, and a model saved before the setting existed (no ``pooling`` in
+    model.json: fitted on average-pooled features) loads with it, so new images are encoded as its training ones."""
+    import json
+
+    photos, out, cache = run
+    avg_run = tmp_path / "avg"
+    assert main(["cluster", str(photos), "-k", "3", "--pooling", "avg", "--out", str(avg_run), "--cache-dir",
+                 str(cache), "-q", "--no-report"]) == 0
+    meta = json.loads((avg_run / "model.json").read_text())
+    assert meta["estimator"]["pooling"] == "avg"
+    files = sorted(str(p) for p in photos.glob("*.jpg") if p.name != "broken.jpg")
+    trained = _read(avg_run / "assignments.csv")
+    assert ImageClusterer.load(avg_run).predict(files).tolist() == [trained[f] for f in files]
+
+    del meta["estimator"]["pooling"]
+    (avg_run / "model.json").write_text(json.dumps(meta))
+    older = ImageClusterer.load(avg_run)
+    assert older.pooling == "avg" and older.feature_source().backbone(0).pooling == "avg"
+    assert older.predict(files).tolist() == [trained[f] for f in files]
+    current = ImageClusterer.load(out)
+    assert current.pooling == "auto" and current.feature_source().backbone(0).pooling == "gem"

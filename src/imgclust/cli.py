@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from . import distributed
 from ._version import __version__
 from ._io import RunLock
-from .backbones import available_backbones
+from .backbones import POOLINGS, available_backbones
 from .data import BUILTIN_DATASETS, DEFAULT_MAX_PIXELS
 from .errors import ImgclustError
 from .export import export_clusters, format_result
@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="inference engine of feature extraction: auto (on a CPU the fastest installed engine "
                               "that gives PyTorch's float32 features, checked once per backbone; PyTorch on a GPU), "
                               "torch, onnxruntime, openvino")
+    cluster.add_argument("--pooling", default="auto", choices=POOLINGS,
+                         help="how EfficientNet-Lite pools its last feature map: auto (= gem, generalised-mean "
+                              "pooling; timm models keep their own), gem, or avg (global average: the features of "
+                              "runs made before GeM became the default)")
     cluster.add_argument("--workers", type=int, default=None, help="image decoding processes "
                          "(default: on a CPU, one thread per core between forward passes; on a GPU, one per spare core)")
     cluster.add_argument("--cache-dir", help="feature cache folder (default ~/.cache/imgclust/features)")
@@ -181,7 +185,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         weights=args.weights, device=args.device, precision=args.precision, batch_size=args.batch_size,
         num_workers=args.workers, cache_dir=args.cache_dir, shard_size=args.shard_size, seed=args.seed,
         k_range=args.k_range, k_criterion=args.k_criterion, data_root=args.data_root, resume=args.resume,
-        max_pixels=args.max_pixels, engine=args.engine,
+        max_pixels=args.max_pixels, engine=args.engine, pooling=args.pooling,
         report=not args.no_report, plots=args.plots, progress=not args.quiet,
         command={key: value for key, value in vars(args).items() if key != "func"})
     if distributed.is_main_process():

@@ -44,6 +44,9 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         engine: the inference engine of feature extraction (``imgclust.features.engines.ENGINES``): ``"auto"``
             (on a CPU the fastest installed engine that gives PyTorch's float32 features, measured once per
             backbone; PyTorch on a GPU), ``"torch"``, ``"onnxruntime"``, ``"openvino"``.
+        pooling: how EfficientNet-Lite pools its last feature map: ``"auto"`` (generalised-mean pooling, GeM; the
+            model's own pooling for timm models), ``"gem"`` or ``"avg"`` (global average, what imgclust used before
+            GeM; saved models from then load with it).
         quality_score: compute ``quality_``, the label-free score of the partition (a few seconds).
         method: ``"umap-pacmap-kmeans"`` (the default), ``"umap-kmeans"``, ``"pacmap-kmeans"``, ``"kmeans"`` (the
             baseline), ``"turtle"``, ``"icbpl"``, ``"secu"`` or ``"auto"`` — see ``available_methods()``.
@@ -87,8 +90,10 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
                  method_options: dict[str, Any] | None = None, run_dir: str | None = None,
                  resume: bool = False, progress: bool = True, shard_size: int = DEFAULT_SHARD_SIZE,
                  precision: str = "auto", k_range: Any = None, k_criterion: str | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, engine: str = "auto", quality_score: bool = True):
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, engine: str = "auto", quality_score: bool = True,
+                 pooling: str = "auto"):
         self.n_clusters = n_clusters
+        self.pooling = pooling
         self.k_range = k_range
         self.k_criterion = k_criterion
         self.max_pixels = max_pixels
@@ -117,7 +122,7 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         source = FeatureSource.from_names(self.backbone, self.weights, device=self.device, precision=self.precision,
                                           cache_dir=self.cache_dir, batch_size=self.batch_size,
                                           num_workers=self.num_workers, shard_size=self.shard_size,
-                                          progress=self.progress, engine=self.engine)
+                                          progress=self.progress, engine=self.engine, pooling=self.pooling)
         if getattr(self, "feature_source_", None) != source:
             self.feature_source_ = source
         return self.feature_source_
@@ -317,7 +322,8 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
                                 "re-run `imgclust cluster` to rewrite the run folder") from err
         if not isinstance(meta, dict) or meta.get("format") != "imgclust-model":
             raise ImgclustError(f"{meta_path} is not an imgclust model file", "point at an imgclust run folder")
-        estimator = cls(**meta["estimator"])
+        # Models saved before the pooling setting existed were fitted on average-pooled features.
+        estimator = cls(**{"pooling": "avg", **meta["estimator"]})
         estimator.backbone_ = None
         estimator.model_ = load_model(meta["method"], tensors, meta["model_config"])
         estimator.n_clusters_ = int(meta.get("n_clusters") or meta["model_config"].get("n_clusters")

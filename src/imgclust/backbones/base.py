@@ -96,14 +96,18 @@ class Backbone(nn.Module, abc.ABC):
         preprocess: resizing/cropping and normalisation the weights were trained with.
         weights_id: ``sha256:<16 hex>`` of the weights file, ``hub:<model id>`` for hub downloads, or
             ``random-init``; part of feature-cache keys.
+        pooling: how the last feature map becomes one vector: ``gem`` or ``avg`` for EfficientNet-Lite,
+            ``native`` (the model's own) for timm models; part of feature-cache keys.
     """
 
-    def __init__(self, name: str, feature_dim: int, preprocess: Preprocess, weights_id: str):
+    def __init__(self, name: str, feature_dim: int, preprocess: Preprocess, weights_id: str,
+                 pooling: str = "native"):
         super().__init__()
         self.name = name
         self.feature_dim = feature_dim
         self.preprocess = preprocess
         self.weights_id = weights_id
+        self.pooling = pooling
 
     @abc.abstractmethod
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -180,4 +184,5 @@ class Backbone(nn.Module, abc.ABC):
         return None
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, feature_dim={self.feature_dim}, weights_id={self.weights_id!r}"
+        return (f"name={self.name!r}, feature_dim={self.feature_dim}, weights_id={self.weights_id!r}, "
+                f"pooling={self.pooling!r}")

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import ImgclustError
 from .base import Backbone
+from .efficientnet_lite import POOLINGS
 from .efficientnet_lite import VARIANTS as EFFICIENTNET_LITE_VARIANTS
 from .efficientnet_lite import create_efficientnet_lite
 
@@ -80,7 +81,7 @@ def available_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | None = None) -> Backbone:
+def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | None = None, pooling: str = "auto") -> Backbone:
     """Build a backbone in eval mode, on the CPU.
 
     Args:
@@ -88,21 +89,39 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | None = None) ->
         weights: ``None`` for the default pretrained weights (bundled for EfficientNet-Lite, from the
             Hugging Face hub or its cache for timm models), a local ``.safetensors``/``.pth`` file, or
             ``"random"`` (random initialisation, for tests).
+        pooling: one of :data:`POOLINGS`: ``auto`` (GeM for EfficientNet-Lite, the model's own pooling for timm
+            models), ``gem`` or ``avg`` (EfficientNet-Lite only).
 
     Returns:
         The backbone, in eval mode.
 
     Raises:
-        ImgclustError: unknown name (with the closest names), unusable weights, hub unreachable.
+        ImgclustError: unknown name (with the closest names) or pooling, unusable weights, hub unreachable.
     """
     name = name.strip()
     key = name.lower().replace("-", "_")
+    check_pooling(name, pooling)
+    if key in EFFICIENTNET_LITE_VARIANTS:
+        return create_efficientnet_lite(key, weights, pooling=pooling)
     if key in _REGISTRY:
         return _REGISTRY[key](key, weights)
     check_backbone_name(name)
     from .timm_models import create_timm_backbone
 
     return create_timm_backbone(name, weights)
+
+
+def check_pooling(name: str, pooling: str) -> None:
+    """Refuse a pooling that is unknown, or that backbone ``name`` cannot do; builds nothing.
+
+    Raises:
+        ImgclustError: naming the pooling and the values that work.
+    """
+    if pooling not in POOLINGS:
+        raise ImgclustError(f"unknown pooling {pooling!r}", f"use one of {', '.join(POOLINGS)}")
+    if pooling != "auto" and name.strip().lower().replace("-", "_") not in EFFICIENTNET_LITE_VARIANTS:
+        raise ImgclustError(f"pooling {pooling!r} is only available for the EfficientNet-Lite backbones, not {name!r}",
+                            "leave --pooling at auto: timm models pool as they were trained")
 
 
 def check_backbone_name(name: str) -> None:

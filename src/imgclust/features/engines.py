@@ -7,7 +7,7 @@ and ``openvino``. Both compute in float32 and give PyTorch's float32 features to
 engine is not part of the feature-cache identity: a cache entry written by one engine is reused by the others.
 
 The export is cached beside the features (``<feature cache>/onnx/<backbone>-<encoder>-<hash>/``) with a manifest
-(backbone, weights id and a hash of the exported parameters, encoder, opset, input size, torch/onnx versions,
+(backbone, weights id, pooling and a hash of the exported parameters, encoder, opset, input size, torch/onnx versions,
 the model file's SHA-256); a manifest that is unreadable, foreign or does not match its file is rebuilt. A file
 lock beside the folder makes processes that race (torchrun) export once and reuse it.
 
@@ -220,6 +220,7 @@ class OnnxExport:
             "format_version": EXPORT_FORMAT_VERSION,
             "backbone": backbone.name,
             "weights_id": backbone.weights_id,
+            "pooling": getattr(backbone, "pooling", "native"),
             # The parameters themselves: a random-init or fine-tuned module shares its weights_id with others.
             "weights_hash": parameters_hash(encoder),
             "encoder": encoder_id,

@@ -209,6 +209,7 @@ def _cache_identity(dataset: ImageDataset, backbone: Any, encoder_id: str, augme
     return {
         "backbone": backbone.name,
         "weights": backbone.weights_id,
+        "pooling": getattr(backbone, "pooling", "native"),
         "preprocess": backbone.preprocess.to_dict(),
         "encoder": encoder_id,
         "augment": augment_id,

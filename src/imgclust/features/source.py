@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from .. import distributed
-from ..backbones import DEFAULT_BACKBONE, RANDOM_WEIGHTS, Backbone, check_backbone_name, create_backbone
+from ..backbones import (DEFAULT_BACKBONE, RANDOM_WEIGHTS, Backbone, check_backbone_name, check_pooling,
+                         create_backbone)
 from ..backbones.base import Preprocess
 from ..data.base import EmbeddingDataset, ImageDataset
 from ..errors import ImgclustError
@@ -96,6 +97,8 @@ class FeatureSource:
         device: where normalisation, augmentation and the forward pass run (``"auto"``: CUDA when present).
         precision: the forward pass's precision (see :func:`~imgclust.features.resolve_precision`).
         engine: the inference engine of the forward pass (:data:`~imgclust.features.engines.ENGINES`).
+        pooling: how EfficientNet-Lite pools its last feature map (:data:`~imgclust.backbones.POOLINGS`; ``auto``:
+            GeM for EfficientNet-Lite, the model's own pooling for timm models). Part of the features' identity.
         cache_dir: the feature cache root (``None``: ``~/.cache/imgclust/features``).
         batch_size: images per forward pass.
         num_workers: decoding processes (0: decode in this process; ``None``: on a CPU each batch is decoded by
@@ -108,6 +111,7 @@ class FeatureSource:
     device: torch.device | str = "cpu"
     precision: str = "auto"
     engine: str = "auto"
+    pooling: str = "auto"
     cache_dir: Path | None = None
     batch_size: int = 64
     num_workers: int | None = None
@@ -184,6 +188,7 @@ class FeatureSource:
             check_output_folder(self.cache_dir, "--cache-dir")
         for spec in self.backbones:
             _check_backbone(spec)
+            check_pooling(spec.name, self.pooling)
         return self
 
     # -- backbones ---------------------------------------------------------------------------------------
@@ -199,7 +204,7 @@ class FeatureSource:
         """Backbone ``index``, built on first use and kept."""
         if index not in self._built:
             spec = self.backbones[index]
-            self._built[index] = create_backbone(spec.name, weights=spec.weights)
+            self._built[index] = create_backbone(spec.name, weights=spec.weights, pooling=self.pooling)
         return self._built[index]
 
     def encoder(self, encoding: Encoding | str, index: int = 0) -> torch.nn.Module:
