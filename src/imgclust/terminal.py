@@ -103,10 +103,10 @@ def format_summary(result: Any, with_curve: bool = True) -> str:
     if clusterer.method == DEFAULT_METHOD:  # what the quality table and the development sets say to try next
         if clusterer.backbone == "efficientnet_lite0":
             lines.append(f"  better:  -k {k} --backbone efficientnet_lite0,efficientnet_lite2")
-            lines.append("           (a second backbone's features as well: +0.01 to +0.08 ACC on the 11 CIFAR "
-                         "development sets but -0.05 to 0 on the 10 Fashion-MNIST ones, +0.004 to +0.09 on 5 of "
-                         "BENCHMARKS.md's 6 quality-table sets and -0.015 on MNIST, -0.006 to +0.04 on 4 held-out "
-                         "sets; one more extraction)")
+            lines.append("           (a second backbone's features as well: +0.01 to +0.15 ACC on the 11 CIFAR "
+                         "development sets but -0.07 to 0 on the 10 Fashion-MNIST ones, +0.02 to +0.06 on 5 of "
+                         "BENCHMARKS.md's 6 quality-table sets and -0.065 on Fashion-MNIST, -0.004 to +0.07 on 4 "
+                         "held-out sets; one more extraction)")
         lines.append(f"  or:      -k {k} --method kmeans")
         lines.append("           (the baseline, seconds: behind the default on 19 of the 20 development sets, by up "
                      "to 0.11, and level on the other)")
