@@ -169,7 +169,6 @@ def main() -> None:
     table = print_table(rows, ["set", "images", "K", "method", "ACC", "per seed", "NMI", "fit s"])
     save_result(args.out or f"heldout_default{tag}", {"machine": machine(), "sets": list(HELDOUT_SETS),
                                           "per_class": args.per_class, "backbones": backbones, "seeds": seeds,
-                                          "pooling": args.pooling,
                                           "runs": runs, "summary": rows, "table": table})
 
 

@@ -361,8 +361,8 @@ def main() -> None:
                                "winners"])
     print()
     wide = pivot(table)
-    save_result(args.out, {"sets": sets, "rows": rows, "seeds": seeds, "pooling": args.pooling, "summary": table,
-                           "runs": records, "table": text, "pivot": wide})
+    save_result(args.out, {"sets": sets, "rows": rows, "seeds": seeds, "summary": table, "runs": records,
+                           "table": text, "pivot": wide})
 
 
 if __name__ == "__main__":

@@ -59,14 +59,16 @@ TIMM_ALIASES: dict[str, TimmAlias] = {
 }
 
 
-def _create_timm_alias(alias: TimmAlias, name: str, weights: str | None) -> Backbone:
+def _create_timm_alias(alias: TimmAlias, name: str, weights: str | None, pooling: str) -> Backbone:
+    del pooling  # only "auto" gets here (check_pooling): timm models pool as they were trained
     from .timm_models import create_timm_backbone  # importing timm takes seconds: only when needed
 
     return create_timm_backbone(name, weights, timm_name=alias.timm_name, model_kwargs=dict(alias.model_kwargs),
                                 cfg_overlay=dict(alias.cfg_overlay), local_weights_only=alias.local_weights_only)
 
 
-_REGISTRY: dict[str, Callable[[str, str | None], Backbone]] = {
+# Factories take (name, weights, pooling).
+_REGISTRY: dict[str, Callable[[str, str | None, str], Backbone]] = {
     **{name: create_efficientnet_lite for name in EFFICIENTNET_LITE_VARIANTS},
     **{name: partial(_create_timm_alias, alias) for name, alias in TIMM_ALIASES.items()},
 }
@@ -99,16 +101,19 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | None = None, po
         ImgclustError: unknown name (with the closest names) or pooling, unusable weights, hub unreachable.
     """
     name = name.strip()
-    key = name.lower().replace("-", "_")
+    key = _registry_key(name)
     check_pooling(name, pooling)
-    if key in EFFICIENTNET_LITE_VARIANTS:
-        return create_efficientnet_lite(key, weights, pooling=pooling)
     if key in _REGISTRY:
-        return _REGISTRY[key](key, weights)
+        return _REGISTRY[key](key, weights, pooling)
     check_backbone_name(name)
     from .timm_models import create_timm_backbone
 
     return create_timm_backbone(name, weights)
+
+
+def _registry_key(name: str) -> str:
+    """The registry's spelling of a backbone name: case and ``-``/``_`` do not matter."""
+    return name.strip().lower().replace("-", "_")
 
 
 def check_pooling(name: str, pooling: str) -> None:
@@ -119,7 +124,7 @@ def check_pooling(name: str, pooling: str) -> None:
     """
     if pooling not in POOLINGS:
         raise ImgclustError(f"unknown pooling {pooling!r}", f"use one of {', '.join(POOLINGS)}")
-    if pooling != "auto" and name.strip().lower().replace("-", "_") not in EFFICIENTNET_LITE_VARIANTS:
+    if pooling != "auto" and _registry_key(name) not in EFFICIENTNET_LITE_VARIANTS:
         raise ImgclustError(f"pooling {pooling!r} is only available for the EfficientNet-Lite backbones, not {name!r}",
                             "leave --pooling at auto: timm models pool as they were trained")
 
@@ -131,7 +136,7 @@ def check_backbone_name(name: str) -> None:
         ImgclustError: unknown name, with the closest names.
     """
     name = name.strip()
-    key = name.lower().replace("-", "_")
+    key = _registry_key(name)
     if key in _REGISTRY:
         return
     from .timm_models import is_timm_model, timm_model_names  # importing timm takes seconds: only when needed
