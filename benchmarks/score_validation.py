@@ -20,13 +20,15 @@ ICBPL on each (set, seed): its mean ACC gain over k-means against the best of th
     .venv/bin/python benchmarks/score_validation.py --sets digits    # some of them
     .venv/bin/python benchmarks/score_validation.py --deep-seeds 1 --kmeans-seeds 2   # fewer partitions
 
-Writes ``benchmarks/results/score_validation.json`` and prints the tables.
+Writes ``benchmarks/results/score_validation.json`` (``--out NAME``: ``NAME.json``) and prints the tables;
+``--pooling avg`` scores the average-pooled features of the runs before session 30 (their partitions cached apart).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import re
 import sys
 import time
@@ -106,14 +108,21 @@ def cluster(method: str, x: np.ndarray, k: int, seed: int) -> np.ndarray:
     return np.asarray(clusterer.fit_predict(x))
 
 
+def _partitions() -> Path:
+    """The partition cache; ``--pooling avg`` partitions are kept apart (those cached before session 30 were
+    average-pooled under the plain folder: delete it)."""
+    pooling = _kfeatures.POOLING
+    return PARTITIONS if pooling == "auto" else PARTITIONS.with_name(f"{PARTITIONS.name}-{pooling}")
+
+
 def _partition_path(set_name: str, method: str, k: int, seed: int) -> Path:
-    return PARTITIONS / f"{set_name.replace(':', '_')}-{method}-k{k}-s{seed}.npy"
+    return _partitions() / f"{set_name.replace(':', '_')}-{method}-k{k}-s{seed}.npy"
 
 
 def with_cached(set_name: str, runs: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
     """``runs`` plus every other partition of the set already cached (from a run with more seeds)."""
     cached = []
-    for path in sorted(PARTITIONS.glob(f"{set_name.replace(':', '_')}-*.npy")):
+    for path in sorted(_partitions().glob(f"{set_name.replace(':', '_')}-*.npy")):
         found = re.fullmatch(r"(kmeans|icbpl-head|turtle)-k(\d+)-s(\d+)",
                              path.stem[len(set_name) + 1:])
         if found:
@@ -129,7 +138,7 @@ def partition(set_name: str, method: str, x: np.ndarray, k: int, seed: int) -> t
     started = time.perf_counter()
     labels = cluster(method, x, k, seed)
     seconds = time.perf_counter() - started
-    PARTITIONS.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, labels)
     return labels, seconds
 
@@ -218,8 +227,13 @@ def main() -> None:
     parser.add_argument("--deep-seeds", type=int, default=len(SEEDS),
                         help="seeds of ICBPL and TURTLE per set (default 3)")
     parser.add_argument("--kmeans-seeds", type=int, default=len(SEEDS), help="seeds of k-means per K (default 3)")
+    parser.add_argument("--pooling", default="auto",
+                        help="EfficientNet-Lite pooling (auto: the library's, GeM since session 30; avg: before)")
+    parser.add_argument("--out", default="score_validation", help="result name under benchmarks/results/")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    _kfeatures.POOLING = args.pooling
+    if "OMP_NUM_THREADS" not in os.environ:  # one thread per process when several run side by side
+        torch.set_num_threads(2)
     sets = development_sets()
     if args.sets:
         sets = {name: sets[name] for name in args.sets.split(",")}
@@ -244,7 +258,7 @@ def main() -> None:
                   flush=True)
         done.append(set_name)
         summary, per_set = summarise(runs, done)  # saved after every set: a partial run still leaves a result
-        path = save_result("score_validation", {
+        path = save_result(args.out, {
             "sets": {n: sets[n][0] for n in done}, "not_done": [n for n in sets if n not in done],
             "skipped": skipped, "score_settings": SCORE_SETTINGS, "summary": summary, "per_set": per_set,
             "runs": runs, "note": "seconds are noisy where machine.load_avg_1min_at_end exceeds its cpus"})

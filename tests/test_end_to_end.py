@@ -44,6 +44,7 @@ def test_cli_default_on_2000_cifar10_images(tmp_path: Path, cifar10_dir: Path, c
     assert code == 0
     printed = capsys.readouterr().out
     assert "ACC" in printed and "skipped 1 unreadable" in printed and "the two layouts agree" in printed
+    assert "development runs with agreement" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     # The default method must beat the baseline it replaced, on the same cached features.
     assert main(["cluster", str(source), "-k", "10", "--method", "kmeans", "--out", str(tmp_path / "kmeans"),

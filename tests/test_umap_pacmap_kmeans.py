@@ -10,7 +10,7 @@ import pytest
 from conftest import accuracies_against_kmeans
 from imgclust.methods import FitContext, fit_method, load_model
 from imgclust.methods.umap_kmeans import _fit_layouts
-from imgclust.methods.umap_pacmap_kmeans import UmapPacmapKMeansModel
+from imgclust.methods.umap_pacmap_kmeans import UmapPacmapKMeansModel, agreement_reading
 from imgclust.metrics import cluster_accuracy
 from imgclust.neighbors import normalize_features
 
@@ -27,6 +27,14 @@ def test_beats_kmeans_on_real_digits_and_reports_how_far_the_layouts_agree(digit
     assert acc >= kmeans_acc + 0.03, (acc, kmeans_acc)
     assert 0.5 < fitted.info["layout_agreement"] <= 1.0 and fitted.info["readout_kept"]
     assert "umap-pacmap-kmeans' clusters" in fitted.info["score_note"]
+
+
+def test_agreement_reading_names_the_band_of_development_runs_it_falls_in() -> None:
+    assert agreement_reading(1.0).startswith("development runs with agreement >= 0.9: ACC 0.75-0.99")
+    assert agreement_reading(0.9).startswith("development runs with agreement >= 0.9")
+    assert agreement_reading(0.8999).startswith("development runs with agreement 0.7-0.9: ACC 0.55-0.92")
+    low = agreement_reading(0.0)
+    assert low.startswith("development runs with agreement < 0.7: ACC 0.56-0.73") and "second backbone" in low
 
 
 def test_consensus_rejoins_a_class_one_layout_split_and_separates_two_it_merged(digits_1797) -> None:

@@ -31,6 +31,23 @@ from .pacmap_kmeans import pacmap_layout
 from .umap_kmeans import UmapKMeansModel, layout_kmeans, register_layout_method, umap_layout
 
 
+#: How accurate the development runs were, by how well their two layouts agreed: (lowest agreement of the band, the
+#: band, what its runs reached). The 20 development sets and ``cifar10-train-10k``, EfficientNet-Lite0 GeM features,
+#: seeds 0-2: 63 runs, Spearman 0.90 between agreement and ACC (session 31, ``session31_layout_agreement_bands`` in
+#: benchmarks/results/exploratory-2026-12-07.json).
+AGREEMENT_BANDS = ((0.9, ">= 0.9", "ACC 0.75-0.99, median 0.96"),
+                   (0.7, "0.7-0.9", "ACC 0.55-0.92, median 0.78"),
+                   (0.0, "< 0.7", "ACC 0.56-0.73, median 0.66: weakly separated clusters; check the gallery, and "
+                                  "try a second backbone or another K"))
+
+
+def agreement_reading(agreement: float) -> str:
+    """What the development runs whose layouts agreed about as much as ``agreement`` reached: a label-free hint of
+    how far to trust the clusters (for the summary and the report)."""
+    band, reached = next((band, reached) for low, band, reached in AGREEMENT_BANDS if agreement >= low)
+    return f"development runs with agreement {band}: {reached}"
+
+
 class UmapPacmapKMeansModel(UmapKMeansModel):
     """The readout of a fitted ``umap-pacmap-kmeans``: as :class:`UmapKMeansModel` (a linear classifier of the
     L2-normalised backbone features; neither layout is needed to assign new images)."""

@@ -41,6 +41,7 @@ from ..data.base import EmbeddingDataset
 from ..errors import ImgclustError
 from ..features import FeatureCache
 from ..kselect import resolution_range_text, steps_in_view
+from ..methods.umap_pacmap_kmeans import agreement_reading
 from ..runfolder import DUPLICATES, K_SELECTION_JSON, METRICS, MODEL_JSON, OUTLIERS, PLOTS, REPORT, RUN_INFO, RunFolder
 from . import plots as P
 
@@ -493,6 +494,7 @@ def _summary(data: RunData) -> dict[str, Any]:
     agreement = (data.run.get("fit_info") or {}).get("layout_agreement")  # umap-pacmap-kmeans
     if agreement is not None:
         rows.append(("the two layouts agree (adjusted Rand index, 1 = the same clusters)", agreement))
+        rows.append(("what such agreement meant on the development sets", agreement_reading(agreement)))
     if data.duplicates:
         rows.append(("duplicate groups", len(data.duplicates)))
     if data.outliers is not None:
