@@ -34,7 +34,7 @@ def test_agreement_reading_names_the_band_of_development_runs_it_falls_in() -> N
     assert agreement_reading(0.9).startswith("development runs with agreement >= 0.9")
     assert agreement_reading(0.8999).startswith("development runs with agreement 0.7-0.9: ACC 0.55-0.92")
     low = agreement_reading(0.0)
-    assert low.startswith("development runs with agreement < 0.7: ACC 0.56-0.73") and "second backbone" in low
+    assert low.startswith("development runs with agreement < 0.7: ACC 0.56-0.73") and "check the gallery" in low
 
 
 def test_consensus_rejoins_a_class_one_layout_split_and_separates_two_it_merged(digits_1797) -> None:

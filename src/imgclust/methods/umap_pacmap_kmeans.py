@@ -37,8 +37,8 @@ from .umap_kmeans import UmapKMeansModel, layout_kmeans, register_layout_method,
 #: benchmarks/results/exploratory-2026-12-07.json).
 AGREEMENT_BANDS = ((0.9, ">= 0.9", "ACC 0.75-0.99, median 0.96"),
                    (0.7, "0.7-0.9", "ACC 0.55-0.92, median 0.78"),
-                   (0.0, "< 0.7", "ACC 0.56-0.73, median 0.66: weakly separated clusters; check the gallery, and "
-                                  "try a second backbone or another K"))
+                   (0.0, "< 0.7", "ACC 0.56-0.73, median 0.66: weakly separated clusters, check the gallery "
+                                  "before relying on them"))
 
 
 def agreement_reading(agreement: float) -> str:
