@@ -31,6 +31,15 @@ DEFAULT_BACKBONE = BACKBONE = "efficientnet_lite0"
 #: How EfficientNet-Lite pools (``imgclust.backbones.POOLINGS``; ``auto``: the library's default, GeM since session
 #: 30). ``avg`` gives the features every figure before session 30 was measured on.
 POOLING = "auto"
+POOLING_HELP = "EfficientNet-Lite pooling (auto: the library's, GeM since session 30; avg: before)"
+
+
+def pooling_suffix() -> str:
+    """``""`` for the library's pooling, else ``-<pooling>``: keeps what benchmarks cache from other features apart
+    (runs cached before session 30 were average-pooled under the plain names: delete them)."""
+    return "" if POOLING == "auto" else f"-{POOLING}"
+
+
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 

@@ -127,7 +127,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--backbones", default=kf.DEFAULT_BACKBONE,
                         help="comma-separated: several are combined as --backbone a,b combines them")
-    parser.add_argument("--pooling", default="auto", help="EfficientNet-Lite pooling (auto = the library's, GeM)")
+    parser.add_argument("--pooling", default="auto", help=kf.POOLING_HELP)
     parser.add_argument("--out", default=None, help="result name (default heldout_default[_<backbones>])")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
     args = parser.parse_args()
@@ -156,10 +156,10 @@ def main() -> None:
                 result = fit_method(method, FitContext(features=features, n_clusters=k, seed=seed, spaces=spaces))
                 seconds = time.perf_counter() - started
                 scores = evaluate(labels, result.assignment.labels)
+                agreement = result.info.get("layout_agreement")  # umap-pacmap-kmeans only
                 runs.append({"set": set_name, "n": int(len(labels)), "k": k, "method": method, "seed": seed,
                              "fit_seconds": round(seconds, 1), "acc": scores["acc"], "nmi": scores["nmi"],
-                             "ari": scores["ari"], **{key: result.info[key] for key in ("layout_agreement",)
-                                                      if result.info.get(key) is not None}})
+                             "ari": scores["ari"], **({} if agreement is None else {"layout_agreement": agreement})})
                 print(runs[-1], flush=True)
     rows = []
     for set_name in HELDOUT_SETS:

@@ -210,10 +210,8 @@ def _scored_now(records: list[dict[str, Any]]) -> bool:
 
 
 def _cache(set_name: str, row: str, seed: int) -> Path:
-    """A run's cache file; ``--pooling avg`` runs are kept apart (runs cached before session 30 were average-pooled
-    under the plain name: delete them)."""
-    pooled = "" if kf.POOLING == "auto" else f"-{kf.POOLING}"
-    return RUNS / f"{set_name}-{row.replace(' ', '_').replace('+', '_')}-s{seed}{pooled}.json"
+    """A run's cache file (``--pooling avg`` runs kept apart: :func:`_kfeatures.pooling_suffix`)."""
+    return RUNS / f"{set_name}-{row.replace(' ', '_').replace('+', '_')}-s{seed}{kf.pooling_suffix()}.json"
 
 
 def fitted_rows(rows: list[str]) -> list[str]:
@@ -334,8 +332,7 @@ def main() -> None:
     parser.add_argument("--cached-only", action="store_true",
                         help="fit nothing: the table from the cached runs (several processes' parts)")
     parser.add_argument("--out", default="quality_table")
-    parser.add_argument("--pooling", default="auto",
-                        help="EfficientNet-Lite pooling (auto: the library's, GeM since session 30; avg: before)")
+    parser.add_argument("--pooling", default="auto", help=kf.POOLING_HELP)
     args = parser.parse_args()
     kf.POOLING = args.pooling
     sets = [s for s in args.sets.split(",") if s]

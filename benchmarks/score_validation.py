@@ -109,10 +109,8 @@ def cluster(method: str, x: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def _partitions() -> Path:
-    """The partition cache; ``--pooling avg`` partitions are kept apart (those cached before session 30 were
-    average-pooled under the plain folder: delete it)."""
-    pooling = _kfeatures.POOLING
-    return PARTITIONS if pooling == "auto" else PARTITIONS.with_name(f"{PARTITIONS.name}-{pooling}")
+    """The partition cache (``--pooling avg`` partitions kept apart: :func:`_kfeatures.pooling_suffix`)."""
+    return PARTITIONS.with_name(PARTITIONS.name + _kfeatures.pooling_suffix())
 
 
 def _partition_path(set_name: str, method: str, k: int, seed: int) -> Path:
@@ -227,8 +225,7 @@ def main() -> None:
     parser.add_argument("--deep-seeds", type=int, default=len(SEEDS),
                         help="seeds of ICBPL and TURTLE per set (default 3)")
     parser.add_argument("--kmeans-seeds", type=int, default=len(SEEDS), help="seeds of k-means per K (default 3)")
-    parser.add_argument("--pooling", default="auto",
-                        help="EfficientNet-Lite pooling (auto: the library's, GeM since session 30; avg: before)")
+    parser.add_argument("--pooling", default="auto", help=_kfeatures.POOLING_HELP)
     parser.add_argument("--out", default="score_validation", help="result name under benchmarks/results/")
     args = parser.parse_args()
     _kfeatures.POOLING = args.pooling
