@@ -17,6 +17,7 @@ from .data import BUILTIN_DATASETS, DEFAULT_MAX_PIXELS
 from .errors import ImgclustError
 from .export import export_clusters, format_result
 from .features.engines import ENGINES
+from .features.whitening import WHITENINGS
 from .kselect import CRITERIA, DEFAULT_CRITERION
 from .methods import DEFAULT_METHOD
 from .predict import format_prediction, predict_images, write_prediction
@@ -108,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="how EfficientNet-Lite pools its last feature map: auto (= gem, generalised-mean "
                               "pooling; timm models keep their own), gem, or avg (global average: the features of "
                               "runs made before GeM became the default)")
+    cluster.add_argument("--whitening", default="auto", choices=WHITENINGS,
+                         help="auto (= augment for kmeans and the layout methods, where it was measured to help; "
+                              "none for turtle and for icbpl, secu and auto, which train on views of their own), "
+                              "augment (whiten the features against what crops, flips and colour changes move: "
+                              "4 views of up to 2,000 images are extracted for it, once per image set), or none")
     cluster.add_argument("--workers", type=int, default=None, help="image decoding processes "
                          "(default: on a CPU, one thread per core between forward passes; on a GPU, one per spare core)")
     cluster.add_argument("--cache-dir", help="feature cache folder (default ~/.cache/imgclust/features)")
@@ -186,6 +192,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         num_workers=args.workers, cache_dir=args.cache_dir, shard_size=args.shard_size, seed=args.seed,
         k_range=args.k_range, k_criterion=args.k_criterion, data_root=args.data_root, resume=args.resume,
         max_pixels=args.max_pixels, engine=args.engine, pooling=args.pooling,
+        whitening=args.whitening,
         report=not args.no_report, plots=args.plots, progress=not args.quiet,
         command={key: value for key, value in vars(args).items() if key != "func"})
     if distributed.is_main_process():

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from safetensors.torch import load_file, save
 from sklearn.base import BaseEstimator, ClusterMixin
 
@@ -20,14 +21,17 @@ from .data.base import EmbeddingDataset, ImageDataset
 from .errors import ImgclustError
 from .features import FeatureSource, resolve_device
 from .features.extract import DEFAULT_SHARD_SIZE
+from .features.whitening import WHITENINGS, Whitening, fit_whitening, whiten
 from .kselect import CRITERIA, DEFAULT_CRITERION, estimate_k, parse_k_range
-from .methods import DEFAULT_METHOD, fit_input, fit_method, load_model, validate_options
+from .methods import DEFAULT_METHOD, fit_input, fit_method, get_method, load_model, validate_options
 from .methods.base import Assignment, ClusterModel, FitContext
 from .metrics import evaluate
 from .naming import name_clusters_with_head
 from .score import partition_score
 
 _logger = logging.getLogger(__name__)
+#: Key prefix of the whitening arrays in ``model.safetensors`` (space index appended).
+WHITENING_PREFIX = "whitening."
 
 
 class ImageClusterer(ClusterMixin, BaseEstimator):
@@ -47,6 +51,11 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         pooling: how EfficientNet-Lite pools its last feature map: ``"auto"`` (generalised-mean pooling, GeM; the
             model's own pooling for timm models), ``"gem"`` or ``"avg"`` (global average, what imgclust used before
             GeM; saved models from then load with it).
+        whitening: ``"auto"`` (``"augment"`` for kmeans and the layout methods, where it was measured to help;
+            ``"none"`` for turtle, not measured, and for icbpl, secu and auto, which train on augmented views of
+            their own), ``"augment"`` (the features whitened against what augmentations change,
+            :mod:`imgclust.features.whitening`; refused for icbpl, secu and auto) or ``"none"``; saved models from
+            before the setting load with ``"none"``.
         quality_score: compute ``quality_``, the label-free score of the partition (a few seconds).
         method: ``"umap-pacmap-kmeans"`` (the default), ``"umap-kmeans"``, ``"pacmap-kmeans"``, ``"kmeans"`` (the
             baseline), ``"turtle"``, ``"icbpl"``, ``"secu"`` or ``"auto"`` — see ``available_methods()``.
@@ -77,6 +86,7 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         true_labels_: (N,) int64 labels that came with the source (-1 unknown), or ``None``.
         class_names_: class names of those labels, or ``None``.
         model_: the fitted :class:`ClusterModel`.
+        whitening_: the fitted :class:`~imgclust.features.whitening.Whitening` of each space, or ``None``.
         quality_: the label-free quality score (``kappa``: how well a linear classifier re-learns the clusters
             from the features, chance-corrected; ``per_space``), or ``None``.
         cluster_names_: a short name per cluster from the backbone's ImageNet head, or ``None`` (no head).
@@ -91,9 +101,10 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
                  resume: bool = False, progress: bool = True, shard_size: int = DEFAULT_SHARD_SIZE,
                  precision: str = "auto", k_range: Any = None, k_criterion: str | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, engine: str = "auto", quality_score: bool = True,
-                 pooling: str = "auto"):
+                 pooling: str = "auto", whitening: str = "auto"):
         self.n_clusters = n_clusters
         self.pooling = pooling
+        self.whitening = whitening
         self.k_range = k_range
         self.k_criterion = k_criterion
         self.max_pixels = max_pixels
@@ -178,6 +189,13 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
                 f"use -k {len(valid)} or fewer, or add images" if len(valid) >= 2
                 else "add images: clustering needs at least 2")
         true_labels = None if dataset.labels is None else np.asarray(dataset.labels, dtype=np.int64)
+        self.whitening_ = None
+        if encoder == "backbone" and self.whitening_applies() and isinstance(dataset, ImageDataset):
+            started = time.perf_counter()
+            self.whitening_ = fit_whitening(self.feature_source(), dataset.subset(valid), features,
+                                            self.encoded_.spaces)
+            features = whiten(features, self.encoded_.spaces, self.whitening_)
+            timings["whitening"] = time.perf_counter() - started
         context = FitContext(
             features=features, n_clusters=self.n_clusters_, seed=int(self.random_state),
             device=self.device_,
@@ -230,10 +248,24 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         names = name_clusters_with_head(encoded.feature_sets[0].features, labels, head, self.n_clusters_)
         return None if names is None else [name.name for name in names]
 
+    def whitening_applies(self) -> bool:
+        """Whether ``fit`` whitens the features (``whitening`` resolved for the method; images needed, see fit)."""
+        if self.whitening == "auto":
+            return get_method(self.method).whitening == "default"
+        return self.whitening == "augment"
+
     def check_params(self) -> None:
         """Refuse a bad setting before any work (ImgclustError naming the fix); sets ``device_``."""
         validate_options(self.method, dict(self.method_options or {}))  # the method, its options, its packages
         self._check_n_clusters()
+        if self.whitening not in WHITENINGS:
+            raise ImgclustError(f"--whitening must be one of {', '.join(WHITENINGS)}, got {self.whitening!r}",
+                                "leave it out (auto) or pass --whitening none")
+        if self.whitening == "augment" and get_method(self.method).whitening == "never":
+            raise ImgclustError(f"--whitening augment does not apply to --method {self.method}: it trains on "
+                                "augmented views of its own, which the whitening would not match",
+                                "leave --whitening out (auto), or choose a method that clusters the features alone "
+                                "(kmeans, turtle, umap-kmeans, pacmap-kmeans, umap-pacmap-kmeans)")
         if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or
                                             not isinstance(self.max_pixels, (int, np.integer)) or self.max_pixels < 1):
             raise ImgclustError(f"--max-pixels must be an integer ≥ 1, got {self.max_pixels!r}",
@@ -275,6 +307,8 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
             raise ImgclustError(f"none of the {len(dataset)} image(s) to assign could be read ({reasons}"
                                 f"{'; …' if len(skipped) > 3 else ''})",
                                 "pass image files that open (jpg, jpeg, png, webp, bmp, gif, tif)")
+        if getattr(self, "whitening_", None):
+            inputs = whiten(inputs, self.encoded_.spaces, self.whitening_)
         assignment = self.model_.assign(inputs, device=self.device_)
         labels, confidence, distance = _scatter(assignment, valid, len(dataset))
         return Assignment(labels, confidence, distance), list(dataset.items), self._skipped(dataset)
@@ -293,6 +327,8 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         self._check_fitted()
         folder = Path(folder)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_tensors().items()}
+        for index, whitening in enumerate(getattr(self, "whitening_", None) or []):
+            tensors.update({k: torch.from_numpy(v) for k, v in whitening.state(f"{WHITENING_PREFIX}{index}").items()})
         with atomic_path(folder / MODEL_TENSORS) as tmp:
             # bytes, not save_file: save_file writes its own temporary, which a kill would leave behind
             tmp.write_bytes(save(tensors))
@@ -303,6 +339,7 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
             "method": self.model_.method, "model_config": self.model_.config(),
             "n_clusters": int(getattr(self, "n_clusters_", self.model_.config().get("n_clusters", 0)) or 0),
             "backbone": {"name": self.backbone, "weights": self.weights, "weights_ids": self._weights_ids()},
+            "whitened_spaces": len(getattr(self, "whitening_", None) or []),
         })
         return folder
 
@@ -322,9 +359,14 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
                                 "re-run `imgclust cluster` to rewrite the run folder") from err
         if not isinstance(meta, dict) or meta.get("format") != "imgclust-model":
             raise ImgclustError(f"{meta_path} is not an imgclust model file", "point at an imgclust run folder")
-        # Models saved before the pooling setting existed were fitted on average-pooled features.
-        estimator = cls(**{"pooling": "avg", **meta["estimator"]})
+        # Models saved before the pooling (whitening) setting existed were fitted on average-pooled (unwhitened)
+        # features.
+        estimator = cls(**{"pooling": "avg", "whitening": "none", **meta["estimator"]})
         estimator.backbone_ = None
+        whitened = int(meta.get("whitened_spaces", 0))
+        estimator.whitening_ = [Whitening.from_state(tensors, f"{WHITENING_PREFIX}{i}")
+                                for i in range(whitened)] or None
+        tensors = {k: v for k, v in tensors.items() if not k.startswith(WHITENING_PREFIX)}
         estimator.model_ = load_model(meta["method"], tensors, meta["model_config"])
         estimator.n_clusters_ = int(meta.get("n_clusters") or meta["model_config"].get("n_clusters")
                                     or estimator.n_clusters)

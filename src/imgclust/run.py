@@ -69,7 +69,7 @@ def run_cluster(source: Any, out: str | os.PathLike | None = None, *, n_clusters
                 cache_dir: str | os.PathLike | None = None, shard_size: int = 2048, seed: int = 0,
                 k_range: Any = None, k_criterion: str | None = None, data_root: str | os.PathLike | None = None,
                 max_pixels: int | None = DEFAULT_MAX_PIXELS, engine: str = "auto", pooling: str = "auto",
-                resume: bool = False, report: bool = True, plots: bool = False, progress: bool = True,
+                whitening: str = "auto", resume: bool = False, report: bool = True, plots: bool = False, progress: bool = True,
                 command: dict[str, Any] | None = None) -> RunResult:
     """Cluster ``source`` and write the run folder ``out`` (what ``imgclust cluster`` does).
 
@@ -95,7 +95,8 @@ def run_cluster(source: Any, out: str | os.PathLike | None = None, *, n_clusters
         batch_size=batch_size, num_workers=num_workers, cache_dir=None if cache_dir is None else str(cache_dir),
         shard_size=shard_size, random_state=seed, precision=precision, method_options=dict(method_options or {}),
         run_dir=str(folder.path), resume=resume, progress=progress and distributed.is_main_process(),
-        k_range=k_range, k_criterion=k_criterion, max_pixels=max_pixels, engine=engine, pooling=pooling)
+        k_range=k_range, k_criterion=k_criterion, max_pixels=max_pixels, engine=engine, pooling=pooling,
+        whitening=whitening)
     check_settings(clusterer, source, folder)
     if not distributed.is_main_process():
         # Another torchrun process: the same fit on its share of every batch; rank 0 writes every file.
@@ -217,6 +218,7 @@ def run_info(clusterer: ImageClusterer, settings: dict[str, Any], timings: dict[
         "feature_cache": caches[0] if caches else None,
         "feature_caches": caches,
         "spaces": list(getattr(encoded, "space_names", [])),
+        "whitened": clusterer.whitening_ is not None,
         "fit_info": clusterer.fit_info_,
         "quality": clusterer.quality_,
         "candidates": candidates_of(clusterer),

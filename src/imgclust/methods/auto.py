@@ -62,7 +62,7 @@ def _auto_input(options: Any) -> str:
     return "backbone"  # every candidate runs on the clean backbone features
 
 
-@register_method("auto", model=ClusterModel, options=AUTO_OPTIONS, fit_input=_auto_input,
+@register_method("auto", model=ClusterModel, options=AUTO_OPTIONS, fit_input=_auto_input, whitening="never",
                  summary="fits k-means, TURTLE and ICBPL heads and keeps the partition with the best label-free score")
 def fit_auto(context: FitContext) -> FitResult:
     """Registry entry point: every candidate on ``context``; the best by :func:`partition_score` is kept.

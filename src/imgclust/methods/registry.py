@@ -44,6 +44,10 @@ class Method:
             (N, 3, S, S), for models trained from scratch, so that no backbone pass is spent on them).
         requires: packages the method imports, as ``(module, pip name)`` pairs, checked by
             :func:`validate_options` so that a missing one stops the run before any extraction.
+        whitening: how ``--whitening`` (:mod:`imgclust.features.whitening`) applies: ``"default"`` (``auto``
+            whitens the features first: measured to help), ``"optional"`` (only with ``augment``: not measured, or
+            not helping) or ``"never"`` (the method trains on augmented views of its own, which whitened features
+            would not match: ``augment`` is refused).
     """
 
     name: str
@@ -53,6 +57,7 @@ class Method:
     options: OptionSet | None = None
     fit_input: Callable[[ResolvedOptions], str] = _backbone_input
     requires: tuple[tuple[str, str], ...] = ()
+    whitening: str = "default"
 
     def resolve(self, options: Mapping[str, Any]) -> ResolvedOptions:
         """``options`` checked against the declared ones, every default filled in."""
@@ -68,7 +73,7 @@ DEFAULT_METHOD = "umap-pacmap-kmeans"
 
 def register_method(name: str, *, model: type[ClusterModel], summary: str, options: OptionSet | None = None,
                     fit_input: Callable[[ResolvedOptions], str] = _backbone_input,
-                    requires: tuple[tuple[str, str], ...] = ()
+                    requires: tuple[tuple[str, str], ...] = (), whitening: str = "default"
                     ) -> Callable[[Callable[[FitContext], FitResult]], Callable[[FitContext], FitResult]]:
     """Decorator registering a fit function as method ``name`` (the function is returned unchanged)."""
 
@@ -76,7 +81,7 @@ def register_method(name: str, *, model: type[ClusterModel], summary: str, optio
         if name in METHODS and METHODS[name].fit is not fit:
             raise ValueError(f"method {name!r} is registered twice")
         METHODS[name] = Method(name=name, fit=fit, model=model, summary=summary, options=options,
-                               fit_input=fit_input, requires=requires)
+                               fit_input=fit_input, requires=requires, whitening=whitening)
         return fit
 
     return register

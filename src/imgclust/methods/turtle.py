@@ -556,7 +556,7 @@ def _resolve_spaces(context: FitContext, widths: list[int] | None, n_columns: in
     return normalize_spaces(getattr(context, "spaces", None), n_columns)
 
 
-@register_method("turtle", model=TurtleModel, options=TURTLE_OPTIONS,
+@register_method("turtle", model=TurtleModel, options=TURTLE_OPTIONS, whitening="optional",
                  summary="TURTLE: the labeling a linear classifier learns best, one or several backbones")
 def fit_turtle(context: FitContext) -> FitResult:
     """Registry entry point: TURTLE on ``context.features`` (each space of ``context.spaces`` separately)."""

@@ -389,7 +389,7 @@ ICBPL_OPTIONS = OptionSet("ICBPL", [
 ])
 
 
-@register_method("icbpl", model=ICBPLModel, options=ICBPL_OPTIONS,
+@register_method("icbpl", model=ICBPLModel, options=ICBPL_OPTIONS, whitening="never",
                  summary="ICBPL: latents pulled to fixed PEDCC centroids")
 def fit_icbpl(context: FitContext) -> FitResult:
     """Registry entry point: train ICBPL on ``context`` (options: :data:`ICBPL_OPTIONS`).

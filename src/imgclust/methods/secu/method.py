@@ -472,7 +472,7 @@ def _training_images(context: FitContext, encoder_name: str, size: int, normaliz
                       progress=source.progress if source is not None else None)
 
 
-@register_method("secu", model=SeCuClusterModel, options=SECU_OPTIONS, fit_input=secu_fit_input,
+@register_method("secu", model=SeCuClusterModel, options=SECU_OPTIONS, fit_input=secu_fit_input, whitening="never",
                  summary="SeCu: stable cluster discrimination with multiple heads and size/entropy constraints")
 def fit_secu(context: FitContext) -> FitResult:
     """Registry entry point: train SeCu on ``context`` (options: :data:`SECU_OPTIONS`; training defaults: the
