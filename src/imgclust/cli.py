@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="auto (= augment for kmeans and the layout methods, where it was measured to help; "
                               "none for turtle and for icbpl, secu and auto, which train on views of their own), "
                               "augment (whiten the features against what crops, flips and colour changes move: "
-                              "4 views of up to 2,000 images are extracted for it, once per image set), or none")
+                              "4 views of up to 1,000 images are extracted for it, once per image set), or none")
     cluster.add_argument("--workers", type=int, default=None, help="image decoding processes "
                          "(default: on a CPU, one thread per core between forward passes; on a GPU, one per spare core)")
     cluster.add_argument("--cache-dir", help="feature cache folder (default ~/.cache/imgclust/features)")

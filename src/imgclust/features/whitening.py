@@ -31,7 +31,7 @@ WHITENINGS = ("auto", "augment", "none")
 #: Augmented views per sampled image, images sampled to estimate ``S_w``, and the shrinkage towards the identity
 #: (a multiple of ``S_w``'s mean eigenvalue): docs/whitening.md says how they were chosen.
 N_VIEWS = 4
-MAX_ROWS = 2000
+MAX_ROWS = 1000
 SHRINKAGE = 10.0
 #: The sample and its views do not follow the run's seed: they are a property of the images, like their features,
 #: so every run on the same images (another seed, another method) reuses the cached views.

@@ -34,11 +34,12 @@ from .umap_kmeans import UmapKMeansModel, layout_kmeans, register_layout_method,
 #: How accurate the development runs were, by how well their two layouts agreed: (lowest agreement of the band, the
 #: band, what its runs reached). The 20 development sets and ``cifar10-train-10k``, EfficientNet-Lite0 GeM features
 #: whitened as the library whitens them by default, seeds 0-2: 63 runs, Spearman 0.90 between agreement and ACC
-#: (session 32, ``session32_augmentation_whitening_dev_sets`` in benchmarks/results/exploratory-2026-12-07.json;
+#: (session 33, ``session33_layout_agreement_bands`` in benchmarks/results/exploratory-2026-12-07.json, with the
+#: whitening's 1,000-row sample; session 32's 2,000 rows: the same correlation, 0.89 the lowest ACC of the top band;
 #: unwhitened, session 31: the same correlation, lower ACC in the two lower bands).
-AGREEMENT_BANDS = ((0.9, ">= 0.9", "ACC 0.89-0.99, median 0.96"),
+AGREEMENT_BANDS = ((0.9, ">= 0.9", "ACC 0.75-0.99, median 0.95"),
                    (0.7, "0.7-0.9", "ACC 0.67-0.97, median 0.79"),
-                   (0.0, "< 0.7", "ACC 0.57-0.77, median 0.69: weakly separated clusters, check the gallery "
+                   (0.0, "< 0.7", "ACC 0.57-0.77, median 0.68: weakly separated clusters, check the gallery "
                                   "before relying on them"))
 
 
