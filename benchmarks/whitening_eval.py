@@ -68,7 +68,7 @@ def run(set_name: str, method: str, whitening: str, seed: int) -> dict[str, Any]
     started = time.perf_counter()
     clusterer.fit(images, labels if isinstance(images, (list, np.ndarray)) else None)  # datasets carry theirs
     record = {"set": set_name, "method": method, "whitening": whitening, "seed": seed,
-              "whitening_views": views_suffix(whitening)[len("-views"):] or None,
+              "whitening_views": None if whitening == "none" else views_setting(),
               "seconds": round(time.perf_counter() - started, 1),
               "timings": {key: round(v, 1) for key, v in clusterer.timings_.items()},
               "fit_acc": cluster_accuracy(labels, clusterer.labels_),
@@ -95,12 +95,17 @@ def cached_run(set_name: str, method: str, whitening: str, seed: int, cached_onl
     return record
 
 
-def views_suffix(whitening: str) -> str:
-    """What keeps whitened runs with other views apart in the run cache: ``-views<N_VIEWS>x<MAX_ROWS>`` (runs cached
-    before session 33, all with 4 views of 2,000 rows, had no suffix: rename them)."""
+def views_setting() -> str:
+    """The library's whitening views, ``<N_VIEWS>x<MAX_ROWS>``."""
     from imgclust.features.whitening import MAX_ROWS, N_VIEWS
 
-    return "" if whitening == "none" else f"-views{N_VIEWS}x{MAX_ROWS}"
+    return f"{N_VIEWS}x{MAX_ROWS}"
+
+
+def views_suffix(whitening: str) -> str:
+    """What keeps whitened runs with other views apart in the run cache: ``-views<setting>`` (runs cached before
+    session 33, all with 4 views of 2,000 rows, had no suffix: rename them)."""
+    return "" if whitening == "none" else f"-views{views_setting()}"
 
 
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

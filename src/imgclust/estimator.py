@@ -23,7 +23,8 @@ from .features import FeatureSource, resolve_device
 from .features.extract import DEFAULT_SHARD_SIZE
 from .features.whitening import WHITENINGS, Whitening, fit_whitening, whiten
 from .kselect import CRITERIA, DEFAULT_CRITERION, estimate_k, parse_k_range
-from .methods import DEFAULT_METHOD, fit_input, fit_method, get_method, load_model, validate_options
+from .methods import (DEFAULT_METHOD, available_methods, fit_input, fit_method, get_method, load_model,
+                      validate_options)
 from .methods.base import Assignment, ClusterModel, FitContext
 from .metrics import evaluate
 from .naming import name_clusters_with_head
@@ -265,7 +266,7 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
             raise ImgclustError(f"--whitening augment does not apply to --method {self.method}: it trains on "
                                 "augmented views of its own, which the whitening would not match",
                                 "leave --whitening out (auto), or choose a method that clusters the features alone "
-                                "(kmeans, turtle, umap-kmeans, pacmap-kmeans, umap-pacmap-kmeans)")
+                                f"({', '.join(m for m in available_methods() if get_method(m).whitening != 'never')})")
         if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or
                                             not isinstance(self.max_pixels, (int, np.integer)) or self.max_pixels < 1):
             raise ImgclustError(f"--max-pixels must be an integer ≥ 1, got {self.max_pixels!r}",
@@ -307,7 +308,7 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
             raise ImgclustError(f"none of the {len(dataset)} image(s) to assign could be read ({reasons}"
                                 f"{'; …' if len(skipped) > 3 else ''})",
                                 "pass image files that open (jpg, jpeg, png, webp, bmp, gif, tif)")
-        if getattr(self, "whitening_", None):
+        if self.whitening_:
             inputs = whiten(inputs, self.encoded_.spaces, self.whitening_)
         assignment = self.model_.assign(inputs, device=self.device_)
         labels, confidence, distance = _scatter(assignment, valid, len(dataset))
@@ -327,7 +328,7 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         self._check_fitted()
         folder = Path(folder)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_tensors().items()}
-        for index, whitening in enumerate(getattr(self, "whitening_", None) or []):
+        for index, whitening in enumerate(self.whitening_ or []):
             tensors.update({k: torch.from_numpy(v) for k, v in whitening.state(f"{WHITENING_PREFIX}{index}").items()})
         with atomic_path(folder / MODEL_TENSORS) as tmp:
             # bytes, not save_file: save_file writes its own temporary, which a kill would leave behind
@@ -339,7 +340,7 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
             "method": self.model_.method, "model_config": self.model_.config(),
             "n_clusters": int(getattr(self, "n_clusters_", self.model_.config().get("n_clusters", 0)) or 0),
             "backbone": {"name": self.backbone, "weights": self.weights, "weights_ids": self._weights_ids()},
-            "whitened_spaces": len(getattr(self, "whitening_", None) or []),
+            "whitened_spaces": len(self.whitening_ or []),
         })
         return folder
 

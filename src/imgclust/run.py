@@ -69,7 +69,8 @@ def run_cluster(source: Any, out: str | os.PathLike | None = None, *, n_clusters
                 cache_dir: str | os.PathLike | None = None, shard_size: int = 2048, seed: int = 0,
                 k_range: Any = None, k_criterion: str | None = None, data_root: str | os.PathLike | None = None,
                 max_pixels: int | None = DEFAULT_MAX_PIXELS, engine: str = "auto", pooling: str = "auto",
-                whitening: str = "auto", resume: bool = False, report: bool = True, plots: bool = False, progress: bool = True,
+                whitening: str = "auto", resume: bool = False, report: bool = True, plots: bool = False,
+                progress: bool = True,
                 command: dict[str, Any] | None = None) -> RunResult:
     """Cluster ``source`` and write the run folder ``out`` (what ``imgclust cluster`` does).
 
