@@ -72,7 +72,8 @@ def run(set_name: str, method: str, whitening: str, seed: int) -> dict[str, Any]
               "seconds": round(time.perf_counter() - started, 1),
               "timings": {key: round(v, 1) for key, v in clusterer.timings_.items()},
               "fit_acc": cluster_accuracy(labels, clusterer.labels_),
-              "layout_agreement": (clusterer.fit_info_ or {}).get("layout_agreement")}
+              "layout_agreement": (clusterer.fit_info_ or {}).get("layout_agreement"),
+              "partition_from": (clusterer.fit_info_ or {}).get("partition_from")}
     if load_test is None:
         record["acc"] = record["fit_acc"]
     else:
@@ -82,7 +83,8 @@ def run(set_name: str, method: str, whitening: str, seed: int) -> dict[str, Any]
 
 
 def cached_run(set_name: str, method: str, whitening: str, seed: int, cached_only: bool) -> dict[str, Any] | None:
-    path = RUNS / f"{set_name}-{method}-{whitening}-s{seed}{kf.pooling_suffix()}{views_suffix(whitening)}.json"
+    path = RUNS / (f"{set_name}-{method}-{whitening}-s{seed}{kf.pooling_suffix()}{views_suffix(whitening)}"
+                   f"{switch_suffix(method)}.json")
     if path.exists():
         return json.loads(path.read_text())
     if cached_only:
@@ -106,6 +108,14 @@ def views_suffix(whitening: str) -> str:
     """What keeps whitened runs with other views apart in the run cache: ``-views<setting>`` (runs cached before
     session 33, all with 4 views of 2,000 rows, had no suffix: rename them)."""
     return "" if whitening == "none" else f"-views{views_setting()}"
+
+
+def switch_suffix(method: str) -> str:
+    """What keeps the default's runs since session 34, which read out k-means' partition where the layouts agree
+    less than ``KMEANS_BELOW_AGREEMENT``, apart from the earlier ones in the run cache: ``-kmbelow<threshold>``."""
+    from imgclust.methods.umap_pacmap_kmeans import KMEANS_BELOW_AGREEMENT
+
+    return f"-kmbelow{KMEANS_BELOW_AGREEMENT}" if method == "umap-pacmap-kmeans" else ""
 
 
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

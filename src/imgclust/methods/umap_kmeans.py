@@ -211,11 +211,12 @@ def check_integers(*settings: tuple[str, Any, int]) -> None:
 
 def layout_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: int,
                   layouts: Sequence[Callable[[np.ndarray, int], np.ndarray]], model_class: type[UmapKMeansModel], *,
-                  n_init: int, readout_folds: int, fit_rows: int, restarts: int
+                  n_init: int, readout_folds: int, fit_rows: int, restarts: int, kmeans_below_agreement: float = 0.0
                   ) -> tuple[UmapKMeansModel, dict[str, Any]]:
     """Steps 1 and 3-5 of the module docstring around ``layout(unit rows, seed) -> (N, d) embedding`` functions
     (UMAP's, PaCMAP's): k-means in each embedding, the cross-fitted readout, and the model. Several layouts are
-    combined by a consensus of their read-out partitions (:func:`_fit_layouts`)."""
+    combined by a consensus of their read-out partitions (:func:`_fit_layouts`); where they agree less than
+    ``kmeans_below_agreement``, spherical k-means' partition of the rows is read out instead."""
     check_integers(("n_init", n_init, 1), ("fit_rows", fit_rows, 2), ("readout_folds", readout_folds, 0),
                    ("restarts", restarts, 1))
     if readout_folds == 1:
@@ -236,7 +237,10 @@ def layout_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: in
         return model, {"fit_rows": int(len(x)), "moved_by_readout": 0.0, "readout_kept": False,
                        "fallback": f"k-means: {len(x_distinct)} distinct images are too few for a layout of K={k} "
                                    f"clusters (it needs more than K + 2)"}
-    fits = [_fit_layouts(layouts, x_distinct, k, _restart_seed(seed, r), n_init, readout_folds)
+    if not isinstance(kmeans_below_agreement, (int, float)) or not 0.0 <= kmeans_below_agreement <= 1.0:
+        raise ImgclustError(f"kmeans_below_agreement must be a number from 0 to 1; got {kmeans_below_agreement!r}.",
+                            fix="use kmeans_below_agreement=0 (never) up to 1 (always k-means).")
+    fits = [_fit_layouts(layouts, x_distinct, k, _restart_seed(seed, r), n_init, readout_folds, kmeans_below_agreement)
             for r in range(restarts)]
     restart_info: dict[str, Any] = {}
     if restarts > 1:
@@ -249,6 +253,7 @@ def layout_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: in
             "readout_kept": fit.readout_kept, "score_note": score_note(model_class.method), **restart_info}
     if fit.layout_agreement is not None:
         info["layout_agreement"] = round(fit.layout_agreement, 4)
+        info["partition_from"] = "k-means" if fit.from_kmeans else "layouts"
     if len(x_distinct) < len(x):
         info["duplicate_rows"] = int(len(x) - len(x_distinct))
     return model, info
@@ -274,7 +279,8 @@ def _restart_seed(seed: int, restart: int) -> int:
 class LayoutFit(NamedTuple):
     """One fit of :func:`_fit_layouts`: the partition before the readout (k-means in the layout, or the consensus
     of several), the ridge classifier, its partition, whether the cross-fitted readout was kept, and (several
-    layouts) the mean adjusted Rand index between their read-out partitions."""
+    layouts) the mean adjusted Rand index between their read-out partitions and whether k-means' partition replaced
+    their consensus."""
 
     layout_labels: np.ndarray
     weights: np.ndarray
@@ -282,10 +288,11 @@ class LayoutFit(NamedTuple):
     labels: np.ndarray
     readout_kept: bool
     layout_agreement: float | None
+    from_kmeans: bool = False
 
 
 def _fit_layouts(layouts: Sequence[Callable[[np.ndarray, int], np.ndarray]], x: np.ndarray, k: int, seed: int,
-                 n_init: int, readout_folds: int) -> LayoutFit:
+                 n_init: int, readout_folds: int, kmeans_below_agreement: float = 0.0) -> LayoutFit:
     """k-means in each layout; one layout: its partition, read out. Several: each partition read out, then their
     consensus (:func:`imgclust.methods.consensus.consensus_partition`), read out. Where two layouts disagree
     because one split a class and merged two others, the consensus of the codes rejoins the two halves (merging
@@ -295,14 +302,16 @@ def _fit_layouts(layouts: Sequence[Callable[[np.ndarray, int], np.ndarray]], x: 
     partition it read) and the final partition is its argmax, so the model reproduces it."""
     partitions = [KMeans(k, n_init=n_init, random_state=seed).fit_predict(layout(x, seed)).astype(np.int64)
                   for layout in layouts]
-    partition, agreement = partitions[0], None
+    partition, agreement, from_kmeans = partitions[0], None, False
     if len(partitions) > 1:
         members = [_read_out(x, p, k, seed, readout_folds)[2] for p in partitions]
         agreement = float(np.mean([adjusted_rand_score(a, b) for i, a in enumerate(members)
                                    for b in members[i + 1:]]))
-        partition = consensus_partition(members, k, seed=seed, n_init=n_init).labels
+        from_kmeans = agreement < kmeans_below_agreement
+        partition = (kmeans(x, k, seed=seed, n_init=n_init).labels if from_kmeans
+                     else consensus_partition(members, k, seed=seed, n_init=n_init).labels)
     weights, bias, labels, readout_kept = _read_out(x, partition, k, seed, readout_folds)
-    return LayoutFit(partition, weights, bias, labels, readout_kept, agreement)
+    return LayoutFit(partition, weights, bias, labels, readout_kept, agreement, from_kmeans)
 
 
 def _read_out(x: np.ndarray, partition: np.ndarray, k: int, seed: int, readout_folds: int

@@ -17,7 +17,11 @@ k-means - 0.01, and it cost one PaCMAP layout (about a tenth of the UMAP one) mo
 Steps: those of umap-kmeans (:mod:`imgclust.methods.umap_kmeans`) with step 2 run twice, UMAP (umap-kmeans'
 settings) and PaCMAP (pacmap-kmeans'), both seeded with the run's seed; each partition is read out, the two
 read-out partitions are combined, and the consensus is read out as umap-kmeans reads out its UMAP partition.
-``info["layout_agreement"]`` is the adjusted Rand index between the two members (1: the layouts agree).
+``info["layout_agreement"]`` is the adjusted Rand index between the two members (1: the layouts agree). Where it
+is below ``kmeans_below_agreement`` (:data:`KMEANS_BELOW_AGREEMENT`, 0.7), the layouts' clusters are too weakly
+separated to trust either and spherical k-means' partition of the same rows is read out in place of the consensus
+(``info["partition_from"]``: ``"layouts"`` or ``"k-means"``): since session 32 the features are whitened, and on
+whitened natural-image features k-means was ahead of the layouts exactly where they disagreed.
 """
 
 from __future__ import annotations
@@ -31,16 +35,28 @@ from .pacmap_kmeans import pacmap_layout
 from .umap_kmeans import UmapKMeansModel, layout_kmeans, register_layout_method, umap_layout
 
 
+#: Where UMAP's and PaCMAP's read-out partitions agree less than this (adjusted Rand index), spherical k-means'
+#: partition of the rows is read out instead of their consensus. Low agreement marks weakly separated, natural-image
+#: clusters, where k-means on the whitened features was ahead of the layouts (session 34 rule,
+#: ``session34_kmeans_below_agreement_dev_sets`` in benchmarks/results/exploratory-2026-12-07.json: the 20 development
+#: sets 0.838 against 0.837, no set below -0.009, ``cifar10-train-10k`` 0.608 against 0.573, 40,000 CIFAR-10 images
+#: 0.722 against 0.657; no Fashion-MNIST run switched). The threshold was read off the same development runs.
+KMEANS_BELOW_AGREEMENT = 0.7
+
+#: What the summary and the report say when a run kept k-means' partition.
+KMEANS_KEPT = (f"the layouts agreed less than {KMEANS_BELOW_AGREEMENT}, so the clusters are spherical k-means' "
+               "partition of the features, read out (--set kmeans_below_agreement=0 keeps the layouts' consensus)")
+
 #: How accurate the development runs were, by how well their two layouts agreed: (lowest agreement of the band, the
 #: band, what its runs reached). The 20 development sets and ``cifar10-train-10k``, EfficientNet-Lite0 GeM features
-#: whitened as the library whitens them by default, seeds 0-2: 63 runs, Spearman 0.90 between agreement and ACC
-#: (session 33, ``session33_layout_agreement_bands`` in benchmarks/results/exploratory-2026-12-07.json, with the
-#: whitening's 1,000-row sample; session 32's 2,000 rows: the same correlation, 0.89 the lowest ACC of the top band;
-#: unwhitened, session 31: the same correlation, lower ACC in the two lower bands).
+#: whitened as the library whitens them by default, seeds 0-2: 63 runs, Spearman 0.89 between agreement and ACC
+#: (session 34, ``session34_kmeans_below_agreement_dev_sets``: below 0.7 the runs' partitions are k-means'; session
+#: 33 with the layouts' consensus there: Spearman 0.90, ACC 0.57-0.77 below 0.7; session 32's 2,000-row whitening:
+#: 0.89 the lowest ACC of the top band; unwhitened, session 31: lower ACC in the two lower bands).
 AGREEMENT_BANDS = ((0.9, ">= 0.9", "ACC 0.75-0.99, median 0.95"),
                    (0.7, "0.7-0.9", "ACC 0.67-0.97, median 0.79"),
-                   (0.0, "< 0.7", "ACC 0.57-0.77, median 0.68: weakly separated clusters, check the gallery "
-                                  "before relying on them"))
+                   (0.0, "< 0.7", "ACC 0.56-0.80, median 0.70: weakly separated clusters, so k-means' partition "
+                                  "was kept; check the gallery before relying on them"))
 
 
 def agreement_reading(agreement: float) -> str:
@@ -58,8 +74,8 @@ class UmapPacmapKMeansModel(UmapKMeansModel):
 
 
 def umap_pacmap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: int = 0, n_init: int = 10,
-                       readout_folds: int = 5, fit_rows: int = 50000, restarts: int = 1
-                       ) -> tuple[UmapPacmapKMeansModel, dict[str, Any]]:
+                       readout_folds: int = 5, fit_rows: int = 50000, restarts: int = 1,
+                       kmeans_below_agreement: float = KMEANS_BELOW_AGREEMENT) -> tuple[UmapPacmapKMeansModel, dict[str, Any]]:
     """The consensus of umap-kmeans' and pacmap-kmeans' read-out partitions, read out (see the module docstring).
 
     Deterministic for a given seed and library versions. The layouts use umap-kmeans' and pacmap-kmeans' default
@@ -74,6 +90,8 @@ def umap_pacmap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, see
         fit_rows: rows the layouts are fitted on at most; the readout assigns the others.
         restarts: pairs of layouts fitted; the one whose read-out partition has the highest label-free score is
             kept.
+        kmeans_below_agreement: where the two layouts' partitions agree less than this (adjusted Rand index),
+            spherical k-means' partition of the rows is read out instead of their consensus (0: never).
 
     Returns:
         ``(model, info)`` as :func:`imgclust.methods.umap_kmeans.umap_kmeans`, plus ``layout_agreement``.
@@ -82,7 +100,8 @@ def umap_pacmap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, see
         ImgclustError: bad settings or features (as k-means), or umap-learn or pacmap missing.
     """
     return layout_kmeans(features, n_clusters, seed, [umap_layout(), pacmap_layout()], UmapPacmapKMeansModel,
-                         n_init=n_init, readout_folds=readout_folds, fit_rows=fit_rows, restarts=restarts)
+                         n_init=n_init, readout_folds=readout_folds, fit_rows=fit_rows, restarts=restarts,
+                         kmeans_below_agreement=kmeans_below_agreement)
 
 
 UMAP_PACMAP_KMEANS_OPTIONS = register_layout_method(

@@ -41,7 +41,7 @@ from ..data.base import EmbeddingDataset
 from ..errors import ImgclustError
 from ..features import FeatureCache
 from ..kselect import resolution_range_text, steps_in_view
-from ..methods.umap_pacmap_kmeans import agreement_reading
+from ..methods.umap_pacmap_kmeans import KMEANS_KEPT, agreement_reading
 from ..runfolder import DUPLICATES, K_SELECTION_JSON, METRICS, MODEL_JSON, OUTLIERS, PLOTS, REPORT, RUN_INFO, RunFolder
 from . import plots as P
 
@@ -495,6 +495,8 @@ def _summary(data: RunData) -> dict[str, Any]:
     if agreement is not None:
         rows.append(("the two layouts agree (adjusted Rand index, 1 = the same clusters)", agreement))
         rows.append(("what such agreement meant on the development sets", agreement_reading(agreement)))
+        if data.run["fit_info"].get("partition_from") == "k-means":
+            rows.append(("clusters taken from", KMEANS_KEPT))
     if data.duplicates:
         rows.append(("duplicate groups", len(data.duplicates)))
     if data.outliers is not None:
