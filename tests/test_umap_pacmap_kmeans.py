@@ -73,7 +73,7 @@ def test_consensus_rejoins_a_class_one_layout_split_and_separates_two_it_merged(
     assert cluster_accuracy(kmeans_labels, switched.labels) > 0.95 and cluster_accuracy(y, switched.labels) > 0.9
 
 
-@pytest.mark.parametrize("value", [-0.1, 1.5, "high"])
+@pytest.mark.parametrize("value", [-0.1, 1.5, "high", True])
 def test_kmeans_below_agreement_outside_0_to_1_is_refused_with_the_fix(digits_1797, value) -> None:
     with pytest.raises(ImgclustError, match="kmeans_below_agreement must be a number from 0 to 1"):
         umap_pacmap_kmeans(digits_1797[0][:200], 3, kmeans_below_agreement=value)
