@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from imgclust.methods import (
     resolve_options,
     validate_options,
 )
+from imgclust.methods.options import options_from_dataclass, options_from_signature
 
 
 def test_flat_keys_users_type_today_resolve_into_their_namespaces() -> None:
@@ -118,3 +120,32 @@ def test_a_method_registers_itself_with_a_decorator() -> None:
             register_method("toy-constant", model=_ConstantModel, summary="again")(lambda context: result)
     finally:
         METHODS.pop("toy-constant", None)
+
+
+def test_options_take_their_help_from_the_docstring_they_are_declared_with() -> None:
+    def fit(features: Any, n_clusters: int, n_init: int = 10, threshold: float = 0.7, plain: int = 1) -> None:
+        """Fit.
+
+        Args:
+            features: rows.
+            n_init: runs of ``kmeans`` (see :func:`imgclust.methods.kmeans.kmeans`); the best is
+                kept. Later sentences are left to the docs.
+            threshold (float): below this, e.g. 0.5, switch.
+        """
+
+    options = {o.name: o.help for o in options_from_signature("method", fit, exclude=("features", "n_clusters"))}
+    assert options == {"n_init": "runs of kmeans (see imgclust.methods.kmeans.kmeans); the best is kept",
+                       "threshold": "below this, e.g. 0.5, switch", "plain": ""}
+
+    @dataclass
+    class Config:
+        """Settings.
+
+        Attributes:
+            lr: learning rate.
+        """
+
+        lr: float = 0.1
+        steps: int = 3
+
+    assert {o.name: o.help for o in options_from_dataclass("method", Config)} == {"lr": "learning rate", "steps": ""}

@@ -58,6 +58,9 @@ def test_methods_command_lists_every_option_with_its_default(capsys: pytest.Capt
     text = capsys.readouterr().out
     for method, option in (("kmeans", "n_init"), ("icbpl", "n_views"), ("secu", "epochs")):
         assert f"{method}:" in text and f".{option}=" in text, (method, option)
+    # with what each does, from the docstring it is declared in
+    assert "method.kmeans_below_agreement=0.7  where the two layouts' partitions agree less than this" in text
+    assert "train.epochs=50  passes over the N samples" in text
 
 
 @pytest.mark.shared_data

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -226,6 +227,7 @@ def options_from_dataclass(namespace: str, cls: type, *, exclude: Iterable[str] 
     hints = typing.get_type_hints(cls)
     skip = set(exclude)
     defaults = dict(defaults or {})
+    docs = documented_names(cls, "Attributes")
     out = []
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -238,7 +240,7 @@ def options_from_dataclass(namespace: str, cls: type, *, exclude: Iterable[str] 
             default = f.default_factory()  # type: ignore[misc]
         else:
             raise ValueError(f"{cls.__name__}.{f.name} has no default: give one in defaults")
-        out.append(Option(namespace, f.name, default, hints.get(f.name, Any)))
+        out.append(Option(namespace, f.name, default, hints.get(f.name, Any), help=docs.get(f.name, "")))
     if defaults:
         raise ValueError(f"defaults for fields {cls.__name__} does not have: {sorted(defaults)}")
     return out
@@ -248,6 +250,34 @@ def options_from_signature(namespace: str, fn: Callable[..., Any], *, exclude: I
     """One option per keyword parameter with a default of ``fn`` (its annotation is the type)."""
     hints = typing.get_type_hints(fn)
     skip = set(exclude)
-    return [Option(namespace, p.name, p.default, hints.get(p.name, Any))
+    docs = documented_names(fn, "Args")
+    return [Option(namespace, p.name, p.default, hints.get(p.name, Any), help=docs.get(p.name, ""))
             for p in inspect.signature(fn).parameters.values()
             if p.name not in skip and p.default is not inspect.Parameter.empty]
+
+
+def documented_names(obj: Any, section: str) -> dict[str, str]:
+    """The first sentence said of each name in the ``section`` (``Args`` or ``Attributes``) of ``obj``'s
+    Google-style docstring, for the one-line help of ``imgclust methods`` (the docstring stays the one source)."""
+    lines = inspect.cleandoc(obj.__doc__ or "").splitlines()
+    start = next((i + 1 for i, line in enumerate(lines) if line.strip() == f"{section}:"), None)
+    if start is None:
+        return {}
+    docs: dict[str, list[str]] = {}
+    name = None
+    for line in lines[start:]:
+        if line.strip() and not line.startswith(" "):  # the next section (or the text after the section)
+            break
+        entry = re.match(r"^ {4}(\w+)(?: \([^)]*\))?: ?(.*)$", line)
+        if entry:
+            name = entry.group(1)
+            docs[name] = [entry.group(2)]
+        elif name and line.strip():
+            docs[name].append(line.strip())
+    return {key: _first_sentence(" ".join(text)) for key, text in docs.items()}
+
+
+def _first_sentence(text: str) -> str:
+    """``text`` up to its first full stop, without reST markup (``code``, :func:`name`)."""
+    plain = re.sub(r":\w+:`~?([^`]*)`", r"\1", re.sub(r"``([^`]*)``", r"\1", text))
+    return re.split(r"(?<!e\.g)(?<!i\.e)\.\s", plain, maxsplit=1)[0].rstrip(".")

@@ -221,6 +221,10 @@ def layout_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: in
                    ("restarts", restarts, 1))
     if readout_folds == 1:
         raise ImgclustError("readout_folds must be 0 (no readout) or at least 2; got 1.", fix="use readout_folds=5.")
+    if (not isinstance(kmeans_below_agreement, (int, float)) or isinstance(kmeans_below_agreement, bool)
+            or not 0.0 <= kmeans_below_agreement <= 1.0):
+        raise ImgclustError(f"kmeans_below_agreement must be a number from 0 to 1; got {kmeans_below_agreement!r}.",
+                            fix="use kmeans_below_agreement=0 (never) up to 1 (always k-means).")
     rows = _as_rows(features)
     n = rows.shape[0]
     sample = np.sort(np.random.default_rng(seed).choice(n, size=fit_rows, replace=False)) if n > fit_rows else None
@@ -237,10 +241,6 @@ def layout_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: in
         return model, {"fit_rows": int(len(x)), "moved_by_readout": 0.0, "readout_kept": False,
                        "fallback": f"k-means: {len(x_distinct)} distinct images are too few for a layout of K={k} "
                                    f"clusters (it needs more than K + 2)"}
-    if (not isinstance(kmeans_below_agreement, (int, float)) or isinstance(kmeans_below_agreement, bool)
-            or not 0.0 <= kmeans_below_agreement <= 1.0):
-        raise ImgclustError(f"kmeans_below_agreement must be a number from 0 to 1; got {kmeans_below_agreement!r}.",
-                            fix="use kmeans_below_agreement=0 (never) up to 1 (always k-means).")
     fits = [_fit_layouts(layouts, x_distinct, k, _restart_seed(seed, r), n_init, readout_folds, kmeans_below_agreement)
             for r in range(restarts)]
     restart_info: dict[str, Any] = {}

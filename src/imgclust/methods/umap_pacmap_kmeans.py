@@ -75,7 +75,8 @@ class UmapPacmapKMeansModel(UmapKMeansModel):
 
 def umap_pacmap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: int = 0, n_init: int = 10,
                        readout_folds: int = 5, fit_rows: int = 50000, restarts: int = 1,
-                       kmeans_below_agreement: float = KMEANS_BELOW_AGREEMENT) -> tuple[UmapPacmapKMeansModel, dict[str, Any]]:
+                       kmeans_below_agreement: float = KMEANS_BELOW_AGREEMENT
+                       ) -> tuple[UmapPacmapKMeansModel, dict[str, Any]]:
     """The consensus of umap-kmeans' and pacmap-kmeans' read-out partitions, read out (see the module docstring).
 
     Deterministic for a given seed and library versions. The layouts use umap-kmeans' and pacmap-kmeans' default
