@@ -143,9 +143,13 @@ def test_options_take_their_help_from_the_docstring_they_are_declared_with() -> 
 
         Attributes:
             lr: learning rate.
+            w_a, w_b: loss weights.
         """
 
         lr: float = 0.1
+        w_a: float = 1.0
+        w_b: float = 2.0
         steps: int = 3
 
-    assert {o.name: o.help for o in options_from_dataclass("method", Config)} == {"lr": "learning rate", "steps": ""}
+    assert {o.name: o.help for o in options_from_dataclass("method", Config)} == {
+        "lr": "learning rate", "w_a": "loss weights", "w_b": "loss weights", "steps": ""}

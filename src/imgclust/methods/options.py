@@ -268,13 +268,13 @@ def documented_names(obj: Any, section: str) -> dict[str, str]:
     for line in lines[start:]:
         if line.strip() and not line.startswith(" "):  # the next section (or the text after the section)
             break
-        entry = re.match(r"^ {4}(\w+)(?: \([^)]*\))?: ?(.*)$", line)
+        entry = re.match(r"^ {4}(\w+(?:, \w+)*)(?: \([^)]*\))?: ?(.*)$", line)  # "a, b: text" documents both
         if entry:
             name = entry.group(1)
             docs[name] = [entry.group(2)]
         elif name and line.strip():
             docs[name].append(line.strip())
-    return {key: _first_sentence(" ".join(text)) for key, text in docs.items()}
+    return {key: _first_sentence(" ".join(text)) for names, text in docs.items() for key in names.split(", ")}
 
 
 def _first_sentence(text: str) -> str:
