@@ -55,8 +55,8 @@ KMEANS_KEPT = (f"the layouts agreed less than {KMEANS_BELOW_AGREEMENT}, so the c
 #: 0.89 the lowest ACC of the top band; unwhitened, session 31: lower ACC in the two lower bands).
 AGREEMENT_BANDS = ((0.9, ">= 0.9", "ACC 0.75-0.99, median 0.95"),
                    (0.7, "0.7-0.9", "ACC 0.67-0.97, median 0.79"),
-                   (0.0, "< 0.7", "ACC 0.56-0.80, median 0.70: weakly separated clusters, so k-means' partition "
-                                  "was kept; check the gallery before relying on them"))
+                   (0.0, "< 0.7", "ACC 0.56-0.80, median 0.70, with k-means' partition: weakly separated "
+                                  "clusters, check the gallery before relying on them"))
 
 
 def agreement_reading(agreement: float) -> str:
