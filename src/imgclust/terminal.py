@@ -110,11 +110,12 @@ def format_summary(result: Any, with_curve: bool = True) -> str:
                          "development sets but -0.07 to 0 on the 10 Fashion-MNIST ones, +0.02 to +0.06 on 5 of "
                          "BENCHMARKS.md's 6 quality-table sets and -0.065 on Fashion-MNIST, -0.004 to +0.07 on 4 "
                          "held-out sets, measured before the whitening; one more extraction)")
-        lines.append(f"  or:      -k {k} --method kmeans")
-        lines.append("           (seconds, on the same whitened features: 0.834 against the default's 0.838 on the "
-                     "20 development sets; ahead on CIFAR-10's 3 and 5 classes by 0.004-0.013, level on its 10k and "
-                     "full splits, where the default itself keeps k-means' partition, behind on digit images by "
-                     "0.11-0.12)")
+        if info.get("partition_from") != "k-means":  # else k-means' partition is what this run already kept
+            lines.append(f"  or:      -k {k} --method kmeans")
+            lines.append("           (seconds, on the same whitened features: 0.834 against the default's 0.838 on "
+                         "the 20 development sets; ahead on CIFAR-10's 3 and 5 classes by 0.004-0.013, level on its "
+                         "10k and full splits, where the default itself keeps k-means' partition, behind on digit "
+                         "images by 0.11-0.12)")
     return "\n".join(lines)
 
 
