@@ -227,14 +227,12 @@ class BatchAugment:
         def per_image(t: torch.Tensor) -> torch.Tensor:
             return t.view(n, 1, 1, 1)
 
-        x = x * per_image(params["brightness"])
-        x = x.clamp(0, 1)
+        # The same operations as out-of-place ones, in the same order (so the same values), on one buffer.
+        x = (x * per_image(params["brightness"])).clamp_(0, 1)
         mean = _grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
-        x = (x - mean) * per_image(params["contrast"]) + mean
-        x = x.clamp(0, 1)
+        x = x.sub_(mean).mul_(per_image(params["contrast"])).add_(mean).clamp_(0, 1)
         gray = _grayscale(x)
-        x = (x - gray) * per_image(params["saturation"]) + gray
-        x = x.clamp(0, 1)
+        x = x.sub_(gray).mul_(per_image(params["saturation"])).add_(gray).clamp_(0, 1)
         if self.jitter[3] > 0:
             x = _shift_hue(x, params["hue"])
         return x
@@ -249,8 +247,10 @@ def _grayscale(x: torch.Tensor) -> torch.Tensor:
 def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Rotate the hue of each image by ``shift`` (N,) turns, through HSV (as torchvision's adjust_hue)."""
     r, g, b = x.unbind(1)
-    maxc, _ = x.max(dim=1)
-    minc, _ = x.min(dim=1)
+    # Elementwise over the three planes: the same values as x.max(dim=1) / x.min(dim=1), which also compute the
+    # indices and reduce across strided planes (a third of this function's time, measured).
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    minc = torch.minimum(torch.minimum(r, g), b)
     delta = maxc - minc
     safe = torch.where(delta > 0, delta, torch.ones_like(delta))
     sat = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc))
