@@ -289,7 +289,7 @@ class LayoutFit(NamedTuple):
     labels: np.ndarray
     readout_kept: bool
     layout_agreement: float | None
-    from_kmeans: bool = False
+    from_kmeans: bool
 
 
 def _fit_layouts(layouts: Sequence[Callable[[np.ndarray, int], np.ndarray]], x: np.ndarray, k: int, seed: int,

@@ -44,8 +44,9 @@ from .umap_kmeans import UmapKMeansModel, layout_kmeans, register_layout_method,
 KMEANS_BELOW_AGREEMENT = 0.7
 
 #: What the summary and the report say when a run kept k-means' partition.
-KMEANS_KEPT = (f"the layouts agreed less than {KMEANS_BELOW_AGREEMENT}, so the clusters are spherical k-means' "
-               "partition of the features, read out (--set kmeans_below_agreement=0 keeps the layouts' consensus)")
+KMEANS_KEPT = (f"the layouts agreed less than kmeans_below_agreement ({KMEANS_BELOW_AGREEMENT} unless set), so the "
+               "clusters are spherical k-means' partition of the features, read out (--set kmeans_below_agreement=0 "
+               "keeps the layouts' consensus)")
 
 #: How accurate the development runs were, by how well their two layouts agreed: (lowest agreement of the band, the
 #: band, what its runs reached). The 20 development sets and ``cifar10-train-10k``, EfficientNet-Lite0 GeM features

@@ -491,11 +491,12 @@ def _summary(data: RunData) -> dict[str, Any]:
         rows.append(("K", f"estimated: {data.k_selection['k']} ({data.k_selection['criterion']})"))
     if data.quality:
         rows.append(("label-free quality (κ)", data.quality.get("kappa")))
-    agreement = (data.run.get("fit_info") or {}).get("layout_agreement")  # umap-pacmap-kmeans
+    fit_info = data.run.get("fit_info") or {}
+    agreement = fit_info.get("layout_agreement")  # umap-pacmap-kmeans
     if agreement is not None:
         rows.append(("the two layouts agree (adjusted Rand index, 1 = the same clusters)", agreement))
         rows.append(("what such agreement meant on the development sets", agreement_reading(agreement)))
-        if data.run["fit_info"].get("partition_from") == "k-means":
+        if fit_info.get("partition_from") == "k-means":
             rows.append(("clusters taken from", KMEANS_KEPT))
     if data.duplicates:
         rows.append(("duplicate groups", len(data.duplicates)))
