@@ -11,7 +11,7 @@ import pytest
 from conftest import cifar10_subset_paths
 from imgclust.errors import ImgclustError
 from imgclust.kselect import (CRITERIA, DEFAULT_CRITERION, DEFAULT_N_NEIGHBORS, DEFAULT_RESOLUTION, KSelection,
-                              default_k_range, estimate_k, graph_neighbors, modularity, modularity_terms,
+                              UMAP_MIN_ROWS, UMAP_RESOLUTION, default_k_range, estimate_k, graph_neighbors, modularity, modularity_terms,
                               neighbouring_levels, parse_k_range, resolution_profile, steps_in_view)
 from imgclust.run import write_k_selection as write_run_k_selection
 from imgclust.runfolder import RunFolder
@@ -42,6 +42,25 @@ def test_criteria_find_well_separated_blobs(criterion: str, true_k: int) -> None
     assert sel.k == true_k, (criterion, sel.k_values, sel.scores)
 
 
+def test_umap_partitions_find_blobs_and_fall_back_where_unmeasured() -> None:
+    """partitions="umap" scores k-means partitions of one UMAP layout with its own γ, copies of a row sharing its
+    cluster; below UMAP_MIN_ROWS distinct rows the k-means partitions (and their γ) are used, and the settings say
+    which."""
+    x, _ = _blobs(5, n_per=UMAP_MIN_ROWS // 5 + 20)
+    sel = estimate_k(x, k_range=(2, 10), partitions="umap")
+    assert sel.k == 5, (sel.k_values, sel.scores)
+    assert sel.settings["partitions"] == "umap" and sel.settings["resolution"] == UMAP_RESOLUTION
+    assert "UMAP layout" in sel.to_dict()["description"]
+    copies = estimate_k(np.concatenate([x, x[:30]]), k_range=(2, 10), partitions="umap")
+    assert copies.settings["partitions"] == "umap" and copies.k == 5
+    few = x[::2]  # 300 distinct rows of the 5 blobs, each twice
+    assert len(few) < UMAP_MIN_ROWS <= 2 * len(few)
+    small = estimate_k(np.concatenate([few, few]), k_range=(2, 10), partitions="umap")
+    assert small.settings["partitions"] == "kmeans" and small.settings["resolution"] == DEFAULT_RESOLUTION
+    with pytest.raises(ImgclustError, match="unknown K partitions"):
+        estimate_k(x, partitions="tsne")
+
+
 @pytest.mark.parametrize("criterion", ["stability", "calinski_harabasz", "davies_bouldin"])
 def test_other_criteria_give_a_finite_curve(criterion: str) -> None:
     """Stability ties at K=2 when two blobs merge cleanly, and CH/DB drift on high-dimensional blobs: they are
@@ -68,7 +87,7 @@ def test_resolution_chooses_the_level_of_a_hierarchy() -> None:
     coarse = estimate_k(x, k_range=(2, 10), n_neighbors=10, resolution=0.3, n_runs=2, n_init=3)
     fine = estimate_k(x, k_range=(2, 10), n_neighbors=10, resolution=1.5, n_runs=2, n_init=3)
     assert (coarse.k, fine.k) == (2, 6), (coarse.scores, fine.scores)
-    assert fine.settings == {"n_runs": 2, "n_init": 3, "n_neighbors": 10, "resolution": 1.5}
+    assert fine.settings == {"partitions": "kmeans", "n_runs": 2, "n_init": 3, "n_neighbors": 10, "resolution": 1.5}
 
 
 def test_resolution_profile_shows_both_levels_of_a_hierarchy() -> None:
@@ -216,6 +235,11 @@ def test_real_features_three_cifar_classes(cifar10_dir: Path, tmp_path: Path) ->
     assert 3 <= sel.k <= 4, format_curve(sel)
     assert sel.choice("eigengap") in (3, 4)
     assert sel.choice("silhouette") in (2, 3)  # the coarse split: why silhouette is not the default
+    # The UMAP-layout partitions (what a whitened run scores, here on the raw rows), the row floor lowered to 300.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("imgclust.kselect.UMAP_MIN_ROWS", 100)
+        layout = estimate_k(feats, k_range=(2, 15), partitions="umap")
+    assert layout.settings["partitions"] == "umap" and 3 <= layout.k <= 4, format_curve(layout)
 
 
 @pytest.mark.shared_data

@@ -16,6 +16,7 @@ from imgclust.cli import main
 from imgclust.errors import ImgclustError
 from imgclust.run import default_out
 from imgclust.runfolder import LOCK
+from imgclust.terminal import format_curve
 
 pytestmark = pytest.mark.shared_data
 
@@ -230,6 +231,25 @@ def test_estimator_estimates_k_itself(photos: Path, cache: Path) -> None:
     assert selection is not None and selection.k_values == list(range(2, 9))
     assert clusterer.n_clusters_ == selection.k == len(np.unique(clusterer.labels_))
     assert clusterer.n_clusters == "auto"  # the parameter stays as given (scikit-learn's convention)
+    # 48 images are under the layout's row floor: the raw features' k-means partitions
+    assert selection.settings["features"] == "raw" and selection.settings["partitions"] == "kmeans"
+
+
+def test_whitened_run_estimates_k_on_umap_partitions_of_the_whitened_features(
+        photos: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default method whitens, so K is estimated on the whitened features with UMAP-layout partitions (the
+    row floor lowered for 48 images); another criterion keeps the raw features' k-means partitions."""
+    monkeypatch.setattr("imgclust.kselect.UMAP_MIN_ROWS", 40)
+    monkeypatch.setattr("imgclust.estimator.UMAP_MIN_ROWS", 40)
+    clusterer = ImageClusterer(n_clusters="auto", k_range=(2, 8), cache_dir=str(cache), progress=False)
+    clusterer.fit(str(photos))
+    selection = clusterer.k_selection_
+    assert selection.settings["features"] == "whitened" and selection.settings["partitions"] == "umap"
+    assert selection.settings["resolution"] == 0.75 and clusterer.n_clusters_ == selection.k
+    assert "UMAP-layout partitions of the whitened features" in format_curve(selection)
+    other = ImageClusterer(n_clusters="auto", k_range=(2, 8), k_criterion="eigengap", cache_dir=str(cache),
+                           progress=False).fit(str(photos))
+    assert other.k_selection_.settings["features"] == "raw" and other.k_selection_.settings["partitions"] == "kmeans"
 
 
 def test_clusters_get_names_everywhere(photos: Path, cache: Path, tmp_path: Path,

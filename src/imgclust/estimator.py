@@ -22,7 +22,7 @@ from .errors import ImgclustError
 from .features import FeatureSource, resolve_device
 from .features.extract import DEFAULT_SHARD_SIZE
 from .features.whitening import WHITENINGS, Whitening, fit_whitening, whiten
-from .kselect import CRITERIA, DEFAULT_CRITERION, estimate_k, parse_k_range
+from .kselect import CRITERIA, DEFAULT_CRITERION, UMAP_MIN_ROWS, estimate_k, parse_k_range
 from .methods import (DEFAULT_METHOD, available_methods, fit_input, fit_method, get_method, load_model,
                       validate_options)
 from .methods.base import Assignment, ClusterModel, FitContext
@@ -173,23 +173,9 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         features, valid, dataset = self.encode(X, encoder=encoder, labels=y)
         timings["features" if encoder == "backbone" else "decode"] = time.perf_counter() - started
         n_total = len(dataset)
-        self.k_selection_ = None
-        if self.n_clusters == "auto":
-            started = time.perf_counter()
-            reference = features if encoder == "backbone" else self.encode(X, labels=y)[0]
-            self.k_selection_ = estimate_k(reference, k_range=self.k_range,
-                                           criterion=self.k_criterion or DEFAULT_CRITERION,
-                                           seed=int(self.random_state), progress=self.progress)
-            timings["estimate_k"] = time.perf_counter() - started
-            _logger.info("K estimated: %d (%s over K = %d..%d)", self.k_selection_.k, self.k_selection_.criterion,
-                         self.k_selection_.k_values[0], self.k_selection_.k_values[-1])
-        self.n_clusters_ = int(self.k_selection_.k if self.k_selection_ is not None else self.n_clusters)
-        if len(valid) < self.n_clusters_:
-            raise ImgclustError(
-                f"-k {self.n_clusters_} asked for, but only {len(valid)} of {n_total} images could be used",
-                f"use -k {len(valid)} or fewer, or add images" if len(valid) >= 2
-                else "add images: clustering needs at least 2")
-        true_labels = None if dataset.labels is None else np.asarray(dataset.labels, dtype=np.int64)
+        if self.n_clusters != "auto":
+            self._check_k_fits(int(self.n_clusters), len(valid), n_total)
+        # The whitening does not depend on K, so it comes first: K is estimated on the features the method clusters.
         self.whitening_ = None
         if encoder == "backbone" and self.whitening_applies() and isinstance(dataset, ImageDataset):
             started = time.perf_counter()
@@ -197,6 +183,27 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
                                             self.encoded_.spaces)
             features = whiten(features, self.encoded_.spaces, self.whitening_)
             timings["whitening"] = time.perf_counter() - started
+        self.k_selection_ = None
+        if self.n_clusters == "auto":
+            started = time.perf_counter()
+            criterion = self.k_criterion or DEFAULT_CRITERION
+            # Whitened features: modularity of UMAP-layout partitions of them (chosen for whitened features on the
+            # development sets, imgclust.kselect); on fewer rows than that was measured on, or with another
+            # criterion, k-means partitions of the raw features, as before.
+            on_whitened = (self.whitening_ is not None and criterion == "modularity"
+                           and len(valid) >= UMAP_MIN_ROWS)
+            reference = (features if on_whitened else self.encoded_.features if encoder == "backbone"
+                         else self.encode(X, labels=y)[0])
+            self.k_selection_ = estimate_k(reference, k_range=self.k_range, criterion=criterion,
+                                           seed=int(self.random_state), progress=self.progress,
+                                           partitions="umap" if on_whitened else "kmeans")
+            self.k_selection_.settings["features"] = "whitened" if on_whitened else "raw"
+            timings["estimate_k"] = time.perf_counter() - started
+            _logger.info("K estimated: %d (%s over K = %d..%d)", self.k_selection_.k, self.k_selection_.criterion,
+                         self.k_selection_.k_values[0], self.k_selection_.k_values[-1])
+            self._check_k_fits(self.k_selection_.k, len(valid), n_total)
+        self.n_clusters_ = int(self.k_selection_.k if self.k_selection_ is not None else self.n_clusters)
+        true_labels = None if dataset.labels is None else np.asarray(dataset.labels, dtype=np.int64)
         context = FitContext(
             features=features, n_clusters=self.n_clusters_, seed=int(self.random_state),
             device=self.device_,
@@ -231,6 +238,14 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
         self.cluster_names_ = self._names(result.assignment.labels) if encoder == "backbone" else None
         timings["score_and_names"] = time.perf_counter() - started
         return self
+
+    @staticmethod
+    def _check_k_fits(k: int, n_valid: int, n_total: int) -> None:
+        if n_valid < k:
+            raise ImgclustError(
+                f"-k {k} asked for, but only {n_valid} of {n_total} images could be used",
+                f"use -k {n_valid} or fewer, or add images" if n_valid >= 2
+                else "add images: clustering needs at least 2")
 
     def _quality(self, labels: np.ndarray) -> dict[str, Any] | None:
         """The label-free quality score of the partition (:func:`imgclust.score.partition_score`), per space."""

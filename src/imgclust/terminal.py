@@ -13,14 +13,23 @@ from .methods.umap_pacmap_kmeans import KMEANS_KEPT, agreement_reading
 from .runfolder import DUPLICATES, K_SELECTION_PNG, OUTLIERS
 
 
+def _partitions_text(selection: KSelection) -> str:
+    """" of UMAP-layout partitions of the whitened features" and the like: what the criterion scored."""
+    if selection.criterion in ("eigengap", "stability"):
+        return ""  # these score the graph, or k-means of their own
+    layout = "UMAP-layout" if selection.settings.get("partitions") == "umap" else "k-means"
+    features = selection.settings.get("features")
+    return f" of {layout} partitions" + (f" of the {features} features" if features else "")
+
+
 def format_curve(selection: KSelection, width: int = 30) -> str:
     """The curve as a few lines of text for the terminal (a bar per K, the chosen K marked)."""
     scores = np.asarray(selection.scores, dtype=float)
     finite = scores[np.isfinite(scores)]
     low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
     span = (high - low) or 1.0
-    lines = [f"K estimated: {selection.k}  (criterion: {selection.criterion}, higher is better; "
-             f"{selection.n_samples} images, {selection.seconds:.1f} s)"]
+    lines = [f"K estimated: {selection.k}  (criterion: {selection.criterion}{_partitions_text(selection)}, "
+             f"higher is better; {selection.n_samples} images, {selection.seconds:.1f} s)"]
     for k, s in zip(selection.k_values, scores):
         bar = "" if not np.isfinite(s) else "█" * max(1, int(round((s - low) / span * width)))
         mark = "  ← chosen" if k == selection.k else ""
