@@ -159,3 +159,26 @@ def test_copies_of_one_image_neither_empty_a_cluster_nor_split_from_it(digits, m
     assert np.bincount(labels, minlength=3).min() > 0
     assert np.unique(labels[:200]).size == 1  # the copies share one cluster
     assert result.info["duplicate_rows"] == 199
+
+
+def test_the_last_layout_is_reused_for_the_same_rows_and_seed_only(digits, monkeypatch) -> None:
+    """A run that estimates K lays out the rows its fit lays out again: the second call returns the same embedding
+    without running UMAP; other rows, another seed or other settings compute their own."""
+    import umap
+
+    from imgclust.methods.umap_kmeans import _last_layout, umap_layout
+
+    x = digits[0][:300]
+    _last_layout.clear()
+    calls = []
+    real = umap.UMAP.fit_transform
+    monkeypatch.setattr(umap.UMAP, "fit_transform", lambda self, rows: calls.append(1) or real(self, rows))
+    first = umap_layout()(x, 0)
+    again = umap_layout()(x.copy(), 0)
+    assert len(calls) == 1 and np.array_equal(first, again)
+    again[0] += 1.0  # the caller's copy: the kept layout stays as computed
+    assert np.array_equal(umap_layout()(x, 0), first) and len(calls) == 1
+    umap_layout()(x, 1)
+    umap_layout(n_components=5)(x, 1)
+    umap_layout()(x[:299], 1)
+    assert len(calls) == 4

@@ -188,14 +188,27 @@ def umap_layout(n_neighbors: int = 30, n_components: int = 10, min_dist: float =
         raise ImgclustError(f"min_dist must be within [0, 1]; got {min_dist!r}.", fix="use min_dist=0.0.")
 
     def layout(x: np.ndarray, layout_seed: int) -> np.ndarray:
+        key = (hashlib.blake2b(np.ascontiguousarray(x).tobytes(), digest_size=16).digest(), x.shape, str(x.dtype),
+               n_neighbors, n_components, min_dist, int(layout_seed))
+        if _last_layout.get("key") == key:
+            return _last_layout["embedding"].copy()
         with warnings.catch_warnings():
             # umap-learn warns that a seed forces one thread, and (small N) that it falls back from its spectral
             # start.
             warnings.filterwarnings("ignore", module="umap")
-            return umap.UMAP(n_neighbors=min(n_neighbors, len(x) - 1), n_components=min(n_components, len(x) - 2),
-                             min_dist=min_dist, metric="cosine", random_state=layout_seed, n_jobs=1).fit_transform(x)
+            embedding = umap.UMAP(n_neighbors=min(n_neighbors, len(x) - 1),
+                                  n_components=min(n_components, len(x) - 2), min_dist=min_dist, metric="cosine",
+                                  random_state=layout_seed, n_jobs=1).fit_transform(x)
+        _last_layout.update(key=key, embedding=embedding.copy())
+        return embedding
 
     return layout
+
+
+#: The last UMAP layout computed, by a digest of its rows and settings: a run that estimates K lays out the same
+#: rows with the same seed as its fit then does (kselect's partitions="umap"), and a seeded layout is a pure
+#: function of them, so the fit reuses it instead of computing it again.
+_last_layout: dict[str, Any] = {}
 
 
 def check_integers(*settings: tuple[str, Any, int]) -> None:
