@@ -247,6 +247,7 @@ def test_whitened_run_estimates_k_on_umap_partitions_of_the_whitened_features(
     assert selection.settings["features"] == "whitened" and selection.settings["partitions"] == "umap"
     assert selection.settings["resolution"] == 0.75 and clusterer.n_clusters_ == selection.k
     assert "UMAP-layout partitions of the whitened features" in format_curve(selection)
+    assert clusterer.fit_info_["kmeans_below_agreement"] == 0.7  # whitened: the declared default
     other = ImageClusterer(n_clusters="auto", k_range=(2, 8), k_criterion="eigengap", cache_dir=str(cache),
                            progress=False).fit(str(photos))
     assert other.k_selection_.settings["features"] == "raw" and other.k_selection_.settings["partitions"] == "kmeans"

@@ -86,3 +86,26 @@ def test_partition_is_the_models_own_survives_save_and_load_and_repeats_with_the
     np.testing.assert_array_equal(loaded.assign(x).labels, fitted.assignment.labels)
     again = fit_method("umap-pacmap-kmeans", FitContext(features=x, n_clusters=10, seed=0))
     np.testing.assert_array_equal(again.assignment.labels, fitted.assignment.labels)
+
+
+def test_kmeans_switch_is_off_by_default_on_features_that_are_not_whitened(digits_1797, monkeypatch) -> None:
+    """The switch was adopted on whitened features and lost on raw ones: a run on embeddings given directly (never
+    whitened) or with whitening "none" fits with kmeans_below_agreement=0 unless the user sets it; a whitened run
+    keeps the declared 0.7."""
+    from imgclust import ImageClusterer
+    from imgclust.methods import get_method
+
+    method = get_method("umap-pacmap-kmeans")
+    assert method.options_for({}, whitened=True) == {}
+    assert method.options_for({}, whitened=False) == {"method.kmeans_below_agreement": 0.0}
+    for given in ({"kmeans_below_agreement": 0.5}, {"method.kmeans_below_agreement": 0.5}):
+        assert method.options_for(given, whitened=False) == given  # the user's value wins, however written
+    assert get_method("kmeans").options_for({"n_init": 3}, whitened=False) == {"n_init": 3}
+
+    x, y = digits_1797
+    clusterer = ImageClusterer(n_clusters=10, progress=False).fit(x[:600], y[:600])
+    assert clusterer.fit_info_["kmeans_below_agreement"] == 0.0
+    assert clusterer.fit_info_["partition_from"] == "layouts"
+    chosen = ImageClusterer(n_clusters=10, progress=False, method_options={"kmeans_below_agreement": 0.99}
+                            ).fit(x[:600], y[:600])
+    assert chosen.fit_info_["kmeans_below_agreement"] == 0.99 and chosen.fit_info_["partition_from"] == "k-means"

@@ -212,7 +212,8 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
             spaces=list(self.encoded_.spaces) if encoder == "backbone" else [],
             labels=None if true_labels is None else true_labels[valid],
             run_dir=Path(self.run_dir) if self.run_dir else None, resume=self.resume,
-            options=dict(self.method_options or {}))
+            options=get_method(self.method).options_for(self.method_options or {},
+                                                        whitened=self.whitening_ is not None))
         started = time.perf_counter()
         result = fit_method(self.method, context)
         timings["fit"] = time.perf_counter() - started

@@ -13,7 +13,7 @@ Adding a method is one module plus one import line in ``imgclust/methods/__init_
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from ..errors import ImgclustError
@@ -48,6 +48,9 @@ class Method:
             whitens the features first: measured to help), ``"optional"`` (only with ``augment``: not measured, or
             not helping) or ``"never"`` (the method trains on augmented views of its own, which whitened features
             would not match: ``augment`` is refused).
+        unwhitened: option values by qualified key (``"method.name"``) that replace the declared defaults when
+            the features are not whitened (a default measured to help on whitened features and to lose on raw
+            ones); options the user set win.
     """
 
     name: str
@@ -58,10 +61,19 @@ class Method:
     fit_input: Callable[[ResolvedOptions], str] = _backbone_input
     requires: tuple[tuple[str, str], ...] = ()
     whitening: str = "default"
+    unwhitened: Mapping[str, Any] = field(default_factory=dict)
 
     def resolve(self, options: Mapping[str, Any]) -> ResolvedOptions:
         """``options`` checked against the declared ones, every default filled in."""
         return (self.options or OptionSet(self.name, [])).resolve(options)
+
+    def options_for(self, options: Mapping[str, Any], whitened: bool) -> dict[str, Any]:
+        """The options to fit with: ``options``, plus :attr:`unwhitened`'s values for the ones not given when the
+        features are not ``whitened``."""
+        if whitened or not self.unwhitened:
+            return dict(options)
+        resolved = self.resolve(options)
+        return {**{key: value for key, value in self.unwhitened.items() if key not in resolved.given}, **options}
 
 
 METHODS: dict[str, Method] = {}
@@ -73,7 +85,8 @@ DEFAULT_METHOD = "umap-pacmap-kmeans"
 
 def register_method(name: str, *, model: type[ClusterModel], summary: str, options: OptionSet | None = None,
                     fit_input: Callable[[ResolvedOptions], str] = _backbone_input,
-                    requires: tuple[tuple[str, str], ...] = (), whitening: str = "default"
+                    requires: tuple[tuple[str, str], ...] = (), whitening: str = "default",
+                    unwhitened: Mapping[str, Any] | None = None
                     ) -> Callable[[Callable[[FitContext], FitResult]], Callable[[FitContext], FitResult]]:
     """Decorator registering a fit function as method ``name`` (the function is returned unchanged)."""
 
@@ -81,7 +94,8 @@ def register_method(name: str, *, model: type[ClusterModel], summary: str, optio
         if name in METHODS and METHODS[name].fit is not fit:
             raise ValueError(f"method {name!r} is registered twice")
         METHODS[name] = Method(name=name, fit=fit, model=model, summary=summary, options=options,
-                               fit_input=fit_input, requires=requires, whitening=whitening)
+                               fit_input=fit_input, requires=requires, whitening=whitening,
+                               unwhitened=dict(unwhitened or {}))
         return fit
 
     return register

@@ -268,6 +268,7 @@ def layout_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: in
     if fit.layout_agreement is not None:
         info["layout_agreement"] = round(fit.layout_agreement, 4)
         info["partition_from"] = "k-means" if fit.from_kmeans else "layouts"
+        info["kmeans_below_agreement"] = float(kmeans_below_agreement)
     if len(x_distinct) < len(x):
         info["duplicate_rows"] = int(len(x) - len(x_distinct))
     return model, info
@@ -372,12 +373,14 @@ def _cross_fitted_readout(x: np.ndarray, labels: np.ndarray, k: int, folds: int,
 
 def register_layout_method(name: str, fit: Callable[..., tuple[UmapKMeansModel, dict[str, Any]]],
                            model: type[UmapKMeansModel], summary: str,
-                           requires: tuple[tuple[str, str], ...] = ()) -> OptionSet:
+                           requires: tuple[tuple[str, str], ...] = (),
+                           unwhitened: dict[str, Any] | None = None) -> OptionSet:
     """Register ``fit(features, n_clusters, seed=..., **options)`` as method ``name``; its options are ``fit``'s
-    keyword parameters (returned, for callers that want their defaults)."""
+    keyword parameters (returned, for callers that want their defaults); ``unwhitened`` as
+    :func:`~imgclust.methods.registry.register_method`'s."""
     options = OptionSet(name, options_from_signature("method", fit, exclude=("features", "n_clusters", "seed")))
 
-    @register_method(name, model=model, options=options, summary=summary, requires=requires)
+    @register_method(name, model=model, options=options, summary=summary, requires=requires, unwhitened=unwhitened)
     def fit_layout_method(context: FitContext) -> FitResult:
         fitted, info = fit(context.features, context.n_clusters, seed=context.seed,
                            **options.resolve(context.options)["method"])

@@ -21,7 +21,9 @@ read-out partitions are combined, and the consensus is read out as umap-kmeans r
 is below ``kmeans_below_agreement`` (:data:`KMEANS_BELOW_AGREEMENT`, 0.7), the layouts' clusters are too weakly
 separated to trust either and spherical k-means' partition of the same rows is read out in place of the consensus
 (``info["partition_from"]``: ``"layouts"`` or ``"k-means"``): since session 32 the features are whitened, and on
-whitened natural-image features k-means was ahead of the layouts exactly where they disagreed.
+whitened natural-image features k-means was ahead of the layouts exactly where they disagreed. On features that are
+not whitened (``--whitening none``, or embeddings given directly) the switch is off by default: there k-means'
+partition lost (:data:`KMEANS_BELOW_AGREEMENT`'s comment).
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ from .umap_kmeans import UmapKMeansModel, layout_kmeans, register_layout_method,
 #: clusters, where k-means on the whitened features was ahead of the layouts (session 34 rule,
 #: ``session34_kmeans_below_agreement_dev_sets`` in benchmarks/results/exploratory-2026-12-07.json: the 20 development
 #: sets 0.838 against 0.837, no set below -0.009, ``cifar10-train-10k`` 0.608 against 0.573, 40,000 CIFAR-10 images
-#: 0.722 against 0.657; no Fashion-MNIST run switched). The threshold was read off the same development runs.
+#: 0.722 against 0.657; no Fashion-MNIST run switched). The threshold was read off the same development runs. On the
+#: raw (unwhitened) features of the same sets it lost: 0.812 against 0.823, 11 of its 14 switched runs lower, by up to
+#: 0.10 (session 35, ``session35_kmeans_switch_on_raw_features_dev_sets``), so it applies to whitened features only.
 KMEANS_BELOW_AGREEMENT = 0.7
 
 #: What the summary and the report say when a run kept k-means' partition.
@@ -93,7 +97,8 @@ def umap_pacmap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, see
         restarts: pairs of layouts fitted; the one whose read-out partition has the highest label-free score is
             kept.
         kmeans_below_agreement: where the two layouts' partitions agree less than this (adjusted Rand index),
-            spherical k-means' partition of the rows is read out instead of their consensus (0: never).
+            spherical k-means' partition of the rows is read out instead of their consensus (0: never; the
+            default on features that are not whitened, where k-means' partition lost).
 
     Returns:
         ``(model, info)`` as :func:`imgclust.methods.umap_kmeans.umap_kmeans`, plus ``layout_agreement``.
@@ -109,4 +114,5 @@ def umap_pacmap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, see
 UMAP_PACMAP_KMEANS_OPTIONS = register_layout_method(
     "umap-pacmap-kmeans", umap_pacmap_kmeans, UmapPacmapKMeansModel,
     "k-means on a UMAP and on a PaCMAP layout of the features, combined by consensus and read out by a linear "
-    "classifier", requires=(("pacmap", "pacmap"),))
+    "classifier", requires=(("pacmap", "pacmap"),),
+    unwhitened={"method.kmeans_below_agreement": 0.0})
