@@ -194,6 +194,8 @@ class ImageClusterer(ClusterMixin, BaseEstimator):
                            and len(valid) >= UMAP_MIN_ROWS)
             reference = (features if on_whitened else self.encoded_.features if encoder == "backbone"
                          else self.encode(X, labels=y)[0])
+            if on_whitened:  # the layout comes before the progress bar over K, and takes most of the time
+                _logger.info("estimating K: a UMAP layout of the whitened features, then k-means at each K")
             self.k_selection_ = estimate_k(reference, k_range=self.k_range, criterion=criterion,
                                            seed=int(self.random_state), progress=self.progress,
                                            partitions="umap" if on_whitened else "kmeans")
