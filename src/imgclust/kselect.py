@@ -72,7 +72,7 @@ from tqdm.auto import tqdm
 
 from .errors import ImgclustError
 from .methods.kmeans import kmeans, predict
-from .methods.umap_kmeans import umap_layout
+from .methods.umap_kmeans import distinct_rows, umap_layout
 from .neighbors import load_faiss, nearest_neighbors, normalize_features
 
 CRITERIA = ("modularity", "silhouette", "eigengap", "stability", "calinski_harabasz", "davies_bouldin")
@@ -463,11 +463,7 @@ def _estimate_k(features: Any, low_high: tuple[int, int], wanted: list[str], see
     if n_total > max_samples:
         keep = np.sort(np.random.default_rng(seed).choice(n_total, max_samples, replace=False))
         x = x[keep]
-    _, first_copy, copy_of = np.unique(x.view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel(),
-                                       return_index=True, return_inverse=True)
-    # in row order, so that without copies the layout sees the rows as given
-    order = np.argsort(first_copy)
-    first_copy, copy_of = first_copy[order], np.argsort(order)[copy_of.ravel()]
+    first_copy, copy_of = distinct_rows(x)
     n_distinct = first_copy.size
     ks = k_values(low_high, x.shape[0], n_distinct)
     n_neighbors = graph_neighbors(n_neighbors, x.shape[0])
