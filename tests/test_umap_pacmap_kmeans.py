@@ -73,6 +73,21 @@ def test_consensus_rejoins_a_class_one_layout_split_and_separates_two_it_merged(
     assert cluster_accuracy(kmeans_labels, switched.labels) > 0.95 and cluster_accuracy(y, switched.labels) > 0.9
 
 
+def test_kmeans_switch_needs_kmeans_switch_min_rows_fitted_rows(digits_1797) -> None:
+    """Below kmeans_switch_min_rows fitted rows (2,500 by default) the layouts' consensus is kept however little
+    they agree; from that many rows on, the switch applies (the boundary included). run.json records the setting."""
+    x = digits_1797[0][:600]
+    _, info_default = umap_pacmap_kmeans(x, 10, kmeans_below_agreement=0.99)
+    assert info_default["partition_from"] == "layouts" and info_default["layout_agreement"] < 0.99
+    assert info_default["kmeans_switch_min_rows"] == 2500
+    for min_rows, expected in ((0, "k-means"), (600, "k-means"), (601, "layouts")):
+        _, info = umap_pacmap_kmeans(x, 10, kmeans_below_agreement=0.99, kmeans_switch_min_rows=min_rows)
+        assert info["partition_from"] == expected, min_rows
+        assert info["layout_agreement"] == info_default["layout_agreement"]
+    with pytest.raises(ImgclustError, match="kmeans_switch_min_rows must be an integer >= 0"):
+        umap_pacmap_kmeans(x[:200], 3, kmeans_switch_min_rows=-1)
+
+
 @pytest.mark.parametrize("value", [-0.1, 1.5, "high", True])
 def test_kmeans_below_agreement_outside_0_to_1_is_refused_with_the_fix(digits_1797, value) -> None:
     with pytest.raises(ImgclustError, match="kmeans_below_agreement must be a number from 0 to 1"):
@@ -106,6 +121,7 @@ def test_kmeans_switch_is_off_by_default_on_features_that_are_not_whitened(digit
     clusterer = ImageClusterer(n_clusters=10, progress=False).fit(x[:600], y[:600])
     assert clusterer.fit_info_["kmeans_below_agreement"] == 0.0
     assert clusterer.fit_info_["partition_from"] == "layouts"
-    chosen = ImageClusterer(n_clusters=10, progress=False, method_options={"kmeans_below_agreement": 0.99}
+    chosen = ImageClusterer(n_clusters=10, progress=False, method_options={"kmeans_below_agreement": 0.99,
+                                                                           "kmeans_switch_min_rows": 0}
                             ).fit(x[:600], y[:600])
     assert chosen.fit_info_["kmeans_below_agreement"] == 0.99 and chosen.fit_info_["partition_from"] == "k-means"

@@ -224,14 +224,15 @@ def check_integers(*settings: tuple[str, Any, int]) -> None:
 
 def layout_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: int,
                   layouts: Sequence[Callable[[np.ndarray, int], np.ndarray]], model_class: type[UmapKMeansModel], *,
-                  n_init: int, readout_folds: int, fit_rows: int, restarts: int, kmeans_below_agreement: float = 0.0
-                  ) -> tuple[UmapKMeansModel, dict[str, Any]]:
+                  n_init: int, readout_folds: int, fit_rows: int, restarts: int, kmeans_below_agreement: float = 0.0,
+                  kmeans_switch_min_rows: int = 0) -> tuple[UmapKMeansModel, dict[str, Any]]:
     """Steps 1 and 3-5 of the module docstring around ``layout(unit rows, seed) -> (N, d) embedding`` functions
     (UMAP's, PaCMAP's): k-means in each embedding, the cross-fitted readout, and the model. Several layouts are
     combined by a consensus of their read-out partitions (:func:`_fit_layouts`); where they agree less than
-    ``kmeans_below_agreement``, spherical k-means' partition of the rows is read out instead."""
+    ``kmeans_below_agreement`` and at least ``kmeans_switch_min_rows`` rows are fitted, spherical k-means' partition
+    of the rows is read out instead."""
     check_integers(("n_init", n_init, 1), ("fit_rows", fit_rows, 2), ("readout_folds", readout_folds, 0),
-                   ("restarts", restarts, 1))
+                   ("restarts", restarts, 1), ("kmeans_switch_min_rows", kmeans_switch_min_rows, 0))
     if readout_folds == 1:
         raise ImgclustError("readout_folds must be 0 (no readout) or at least 2; got 1.", fix="use readout_folds=5.")
     if (not isinstance(kmeans_below_agreement, (int, float)) or isinstance(kmeans_below_agreement, bool)
@@ -254,7 +255,8 @@ def layout_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: in
         return model, {"fit_rows": int(len(x)), "moved_by_readout": 0.0, "readout_kept": False,
                        "fallback": f"k-means: {len(x_distinct)} distinct images are too few for a layout of K={k} "
                                    f"clusters (it needs more than K + 2)"}
-    fits = [_fit_layouts(layouts, x_distinct, k, _restart_seed(seed, r), n_init, readout_folds, kmeans_below_agreement)
+    switch_below = kmeans_below_agreement if len(x) >= kmeans_switch_min_rows else 0.0
+    fits = [_fit_layouts(layouts, x_distinct, k, _restart_seed(seed, r), n_init, readout_folds, switch_below)
             for r in range(restarts)]
     restart_info: dict[str, Any] = {}
     if restarts > 1:
@@ -269,6 +271,7 @@ def layout_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: in
         info["layout_agreement"] = round(fit.layout_agreement, 4)
         info["partition_from"] = "k-means" if fit.from_kmeans else "layouts"
         info["kmeans_below_agreement"] = float(kmeans_below_agreement)
+        info["kmeans_switch_min_rows"] = int(kmeans_switch_min_rows)
     if len(x_distinct) < len(x):
         info["duplicate_rows"] = int(len(x) - len(x_distinct))
     return model, info

@@ -21,9 +21,11 @@ read-out partitions are combined, and the consensus is read out as umap-kmeans r
 is below ``kmeans_below_agreement`` (:data:`KMEANS_BELOW_AGREEMENT`, 0.7), the layouts' clusters are too weakly
 separated to trust either and spherical k-means' partition of the same rows is read out in place of the consensus
 (``info["partition_from"]``: ``"layouts"`` or ``"k-means"``): since session 32 the features are whitened, and on
-whitened natural-image features k-means was ahead of the layouts exactly where they disagreed. On features that are
-not whitened (``--whitening none``, or embeddings given directly) the switch is off by default: there k-means'
-partition lost (:data:`KMEANS_BELOW_AGREEMENT`'s comment).
+whitened natural-image features k-means was ahead of the layouts exactly where they disagreed. The switch needs
+``kmeans_switch_min_rows`` (:data:`KMEANS_SWITCH_MIN_ROWS`, 2,500) fitted rows: on smaller, or imbalanced, sets the
+layouts' consensus was the better partition even where they disagreed. On features that are not whitened
+(``--whitening none``, or embeddings given directly) the switch is off by default: there k-means' partition lost
+(:data:`KMEANS_BELOW_AGREEMENT`'s comment).
 """
 
 from __future__ import annotations
@@ -47,6 +49,13 @@ from .umap_kmeans import UmapKMeansModel, layout_kmeans, register_layout_method,
 #: 0.10 (session 35, ``session35_kmeans_switch_on_raw_features_dev_sets``), so it applies to whitened features only.
 KMEANS_BELOW_AGREEMENT = 0.7
 
+#: The switch above applies from this many fitted rows. Its gains were measured on 3,333 to 40,000 rows; on the
+#: balanced development sets of 600-2,400 rows it was neutral (+0.0013, per set -0.009 to +0.019), and on 48 small
+#: (80-400 rows) and imbalanced (761-1,527 rows) development draws it cost 0.010 (0.658 against 0.668; 0.02 on the
+#: CIFAR-10 draws; session 36 rule, ``session36_kmeans_switch_min_rows_dev_sets`` in
+#: benchmarks/results/exploratory-2026-12-07.json). 2,500 is just above the largest balanced development set.
+KMEANS_SWITCH_MIN_ROWS = 2500
+
 #: What the summary and the report say when a run kept k-means' partition.
 KMEANS_KEPT = (f"the layouts agreed less than kmeans_below_agreement ({KMEANS_BELOW_AGREEMENT} unless set), so the "
                "clusters are spherical k-means' partition of the features, read out (--set kmeans_below_agreement=0 "
@@ -57,10 +66,11 @@ KMEANS_KEPT = (f"the layouts agreed less than kmeans_below_agreement ({KMEANS_BE
 #: whitened as the library whitens them by default, seeds 0-2: 63 runs, Spearman 0.89 between agreement and ACC
 #: (session 34, ``session34_kmeans_below_agreement_dev_sets``: below 0.7 the runs' partitions are k-means'; session
 #: 33 with the layouts' consensus there: Spearman 0.90, ACC 0.57-0.77 below 0.7; session 32's 2,000-row whitening:
-#: 0.89 the lowest ACC of the top band; unwhitened, session 31: lower ACC in the two lower bands).
+#: 0.89 the lowest ACC of the top band; unwhitened, session 31: lower ACC in the two lower bands). Since session 36
+#: sets below 2,500 rows keep the consensus below 0.7 too; session 33's consensus runs there fall within the band.
 AGREEMENT_BANDS = ((0.9, ">= 0.9", "ACC 0.75-0.99, median 0.95"),
                    (0.7, "0.7-0.9", "ACC 0.67-0.97, median 0.79"),
-                   (0.0, "< 0.7", "ACC 0.56-0.80, median 0.70, with k-means' partition: weakly separated "
+                   (0.0, "< 0.7", "ACC 0.56-0.80, median 0.70: weakly separated "
                                   "clusters, check the gallery before relying on them"))
 
 
@@ -80,7 +90,8 @@ class UmapPacmapKMeansModel(UmapKMeansModel):
 
 def umap_pacmap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, seed: int = 0, n_init: int = 10,
                        readout_folds: int = 5, fit_rows: int = 50000, restarts: int = 1,
-                       kmeans_below_agreement: float = KMEANS_BELOW_AGREEMENT
+                       kmeans_below_agreement: float = KMEANS_BELOW_AGREEMENT,
+                       kmeans_switch_min_rows: int = KMEANS_SWITCH_MIN_ROWS
                        ) -> tuple[UmapPacmapKMeansModel, dict[str, Any]]:
     """The consensus of umap-kmeans' and pacmap-kmeans' read-out partitions, read out (see the module docstring).
 
@@ -99,6 +110,8 @@ def umap_pacmap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, see
         kmeans_below_agreement: where the two layouts' partitions agree less than this (adjusted Rand index),
             spherical k-means' partition of the rows is read out instead of their consensus (0: never; the
             default on features that are not whitened, where k-means' partition lost).
+        kmeans_switch_min_rows: the switch to k-means applies only when at least this many rows are fitted
+            (smaller sets keep the layouts' consensus; 0: any size).
 
     Returns:
         ``(model, info)`` as :func:`imgclust.methods.umap_kmeans.umap_kmeans`, plus ``layout_agreement``.
@@ -108,7 +121,7 @@ def umap_pacmap_kmeans(features: np.ndarray | torch.Tensor, n_clusters: int, see
     """
     return layout_kmeans(features, n_clusters, seed, [umap_layout(), pacmap_layout()], UmapPacmapKMeansModel,
                          n_init=n_init, readout_folds=readout_folds, fit_rows=fit_rows, restarts=restarts,
-                         kmeans_below_agreement=kmeans_below_agreement)
+                         kmeans_below_agreement=kmeans_below_agreement, kmeans_switch_min_rows=kmeans_switch_min_rows)
 
 
 UMAP_PACMAP_KMEANS_OPTIONS = register_layout_method(
