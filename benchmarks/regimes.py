@@ -15,7 +15,13 @@ the whitened features, and the default method (``umap-pacmap-kmeans`` on the whi
 k-means switch at any size (``kmeans_switch_min_rows=0``, the default before session 36).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/regimes.py --sources cifar10-test,mnist
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/regimes.py --estimate-k --k-resolution 1.4 --sources mnist
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/regimes.py --cached-only
+
+``--estimate-k`` estimates K instead, as ``ImageClusterer`` does without ``-k`` on fewer than 500 images (the raw
+features), on the small draws and on the two small held-out sets (pyclustering's 250 digits, scikit-image's 200
+``lfw_subset`` images), with the library's modularity resolution and with ``--k-resolution`` (session 36: 1.4,
+not adopted).
 
 Runs are kept per source under ``benchmarks/cache/regimes/`` (processes can split the sources); ``--cached-only``
 merges them into ``benchmarks/results/regimes.json`` and prints the table.
@@ -126,6 +132,57 @@ def run_source(source: str, per_cell: int) -> list[dict[str, Any]]:
     return records
 
 
+SMALL_HELDOUT = ("pyclustering-digits", "lfw-subset")
+
+
+def k_records(name: str, source: str, x: np.ndarray, k: int, candidate: float) -> list[dict[str, Any]]:
+    """The K estimate of ``x`` (raw features) with seeds 0-2, as the library makes it and with γ ``candidate``."""
+    from imgclust.kselect import estimate_k
+
+    records = []
+    for seed in SEEDS:
+        for estimate, resolution in (("library default", None), ("candidate", candidate)):
+            selection = estimate_k(x, seed=seed, resolution=resolution)
+            records.append({"set": name, "source": source, "images": len(x), "k": k, "seed": seed,
+                            "estimate": estimate, "k_hat": int(selection.k),
+                            "resolution": selection.settings["resolution"]})
+    return records
+
+
+def run_k_source(source: str, per_cell: int, candidate: float) -> list[dict[str, Any]]:
+    if source in SMALL_HELDOUT:  # the images heldout_default.py saved
+        from imgclust.data import load_source
+
+        saved = sorted(kf.CACHE.parent.glob(f"heldout_{source}_*.npz"))
+        if not saved:
+            raise SystemExit(f"no saved images of {source}: run benchmarks/heldout_default.py first")
+        labels = np.load(saved[0])["labels"]
+        x = kf._extract_one(load_source(str(saved[0])), kf.DEFAULT_BACKBONE)
+        return k_records(source, source, x, int(np.unique(labels).size), candidate)
+    clean, _, labels = source_features(source)
+    return [record for name, rows in draws(labels, source, per_cell) if "-small-" in name
+            for record in k_records(name, source, clean[rows], int(np.unique(labels[rows]).size), candidate)]
+
+
+def summarise_k(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per source (and over the evaluation draws with the held-out sets): mean |log(K̂/K)|, exact and within ±20 %
+    (fractions of the runs), for the library's estimate and the candidate's."""
+    table = []
+    sources = sorted({r["source"] for r in records})
+    for source in [*sources, "all evaluation"]:
+        chosen = [r for r in records if r["source"] == source or (source == "all evaluation" and (
+            r["source"] in EVALUATION or r["source"] in SMALL_HELDOUT))]
+        line: dict[str, Any] = {"source": source, "sets": len({r["set"] for r in chosen})}
+        for estimate in ("library default", "candidate"):
+            runs = [r for r in chosen if r["estimate"] == estimate]
+            ratio = np.array([r["k_hat"] / r["k"] for r in runs])
+            line[f"mean |log| {estimate}"] = round(float(np.mean(np.abs(np.log(ratio)))), 3)
+            line[f"exact {estimate}"] = round(float(np.mean(ratio == 1)), 3)
+            line[f"within 20 % {estimate}"] = round(float(np.mean(np.abs(ratio - 1) <= 0.2)), 3)
+        table.append(line)
+    return table
+
+
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One line per source and regime (small / imbalanced): mean ACC of each row over sets and seeds, and how many
     sets fall below raw k-means - 0.01."""
@@ -157,21 +214,34 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sources", default=",".join(EVALUATION), help=f"comma-separated: {', '.join(SOURCES)}")
+    parser.add_argument("--sources", default=",".join(EVALUATION),
+                        help=f"comma-separated: {', '.join(SOURCES)} (with --estimate-k also {', '.join(SMALL_HELDOUT)})")
     parser.add_argument("--per-cell", type=int, default=1, help="draws per (K, size) cell (development: 2)")
+    parser.add_argument("--estimate-k", action="store_true",
+                        help=f"estimate K on the small draws (and on {', '.join(SMALL_HELDOUT)} if named)")
+    parser.add_argument("--k-resolution", type=float, default=1.4, help="the candidate γ of --estimate-k")
     parser.add_argument("--cached-only", action="store_true", help="merge the cached runs, fit nothing")
     args = parser.parse_args()
     RUNS.mkdir(parents=True, exist_ok=True)
     if not args.cached_only:
         for source in args.sources.split(","):
-            records = run_source(source, args.per_cell)
-            (RUNS / f"{source}-x{args.per_cell}.json").write_text(json.dumps(records, indent=1))
-    records = [r for path in sorted(RUNS.glob("*.json")) for r in json.loads(path.read_text())]
-    table = summarise(records)
+            if args.estimate_k:
+                (RUNS / f"k-{source}-x{args.per_cell}.json").write_text(
+                    json.dumps(run_k_source(source, args.per_cell, args.k_resolution), indent=1))
+            else:
+                (RUNS / f"{source}-x{args.per_cell}.json").write_text(
+                    json.dumps(run_source(source, args.per_cell), indent=1))
+    records = [r for path in sorted(RUNS.glob("*.json")) if not path.name.startswith("k-")
+               for r in json.loads(path.read_text())]
+    k_runs = [r for path in sorted(RUNS.glob("k-*.json")) for r in json.loads(path.read_text())]
+    table, k_table = summarise(records), summarise_k(k_runs) if k_runs else []
     print_table(table, list(table[0]) if table else [])
+    if k_table:
+        print_table(k_table, list(k_table[0]))
     save_result("regimes", {"draw_seed": DRAW_SEED, "seeds": list(SEEDS), "rows": {k: list(v[:2]) + [v[2]]
                                                                                    for k, v in ROWS.items()},
-                            "summary": table, "runs": records})
+                            "summary": table, "k_estimate_small_sets": k_table, "runs": records,
+                            "k_runs": k_runs})
 
 
 if __name__ == "__main__":
