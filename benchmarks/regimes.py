@@ -101,9 +101,9 @@ def source_features(source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def whitened(clean: np.ndarray, views: np.ndarray) -> np.ndarray:
     """The rows whitened as ``fit_whitening`` does for a data set of exactly these rows."""
-    from imgclust.features.whitening import MAX_ROWS, SEED, Whitening
+    from imgclust.features.whitening import Whitening, sample_rows
 
-    sample = np.sort(np.random.default_rng(SEED).choice(len(clean), min(MAX_ROWS, len(clean)), replace=False))
+    sample = sample_rows(len(clean))
     return Whitening.fit(clean, clean[sample], list(views[:, sample])).apply(clean)
 
 
@@ -183,19 +183,26 @@ def summarise_k(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return table
 
 
+def _regime(record: dict[str, Any]) -> str:
+    return "small" if "-small-" in record["set"] else "imbalanced"
+
+
+def _in_group(record: dict[str, Any], source: str, regime: str) -> bool:
+    """Whether a run belongs to a summary line: one source and regime, or all evaluation / development sources."""
+    if source == "all evaluation":
+        return record["source"] in EVALUATION
+    if source == "all development":
+        return record["source"] not in EVALUATION
+    return record["source"] == source and _regime(record) == regime
+
+
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One line per source and regime (small / imbalanced): mean ACC of each row over sets and seeds, and how many
     sets fall below raw k-means - 0.01."""
     table = []
-    groups = sorted({(r["source"], "small" if "-small-" in r["set"] else "imbalanced") for r in records})
+    groups = sorted({(r["source"], _regime(r)) for r in records})
     for source, regime in [*groups, ("all evaluation", "both"), ("all development", "both")]:
-        def member(r: dict[str, Any]) -> bool:
-            if source == "all evaluation":
-                return r["source"] in EVALUATION
-            if source == "all development":
-                return r["source"] not in EVALUATION
-            return r["source"] == source and (("-small-" in r["set"]) == (regime == "small"))
-        chosen = [r for r in records if member(r)]
+        chosen = [r for r in records if _in_group(r, source, regime)]
         if not chosen:
             continue
         sets = sorted({r["set"] for r in chosen})
@@ -238,8 +245,7 @@ def main() -> None:
     print_table(table, list(table[0]) if table else [])
     if k_table:
         print_table(k_table, list(k_table[0]))
-    save_result("regimes", {"draw_seed": DRAW_SEED, "seeds": list(SEEDS), "rows": {k: list(v[:2]) + [v[2]]
-                                                                                   for k, v in ROWS.items()},
+    save_result("regimes", {"draw_seed": DRAW_SEED, "seeds": list(SEEDS), "rows": {k: list(v) for k, v in ROWS.items()},
                             "summary": table, "k_estimate_small_sets": k_table, "runs": records,
                             "k_runs": k_runs})
 

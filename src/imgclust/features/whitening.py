@@ -23,7 +23,7 @@ from ..data.base import ImageDataset
 from .source import FeatureSource
 from .views import extract_views
 
-__all__ = ["WHITENINGS", "Whitening", "fit_whitening", "whiten"]
+__all__ = ["WHITENINGS", "Whitening", "fit_whitening", "sample_rows", "whiten"]
 
 #: ``whitening`` values: ``auto`` (``augment`` for methods that cluster the clean features alone, ``none`` for the
 #: ones that train on views of their own), ``augment`` or ``none``.
@@ -86,10 +86,16 @@ def fit_whitening(source: FeatureSource, dataset: ImageDataset, features: np.nda
     """One :class:`Whitening` per space of ``features`` (the clean features of every row of ``dataset``), from
     ``n_views`` SimCLR views of at most ``max_rows`` rows sampled with ``seed`` (the views are cached like any
     features)."""
-    rows = np.sort(np.random.default_rng(seed).choice(len(dataset), min(max_rows, len(dataset)), replace=False))
+    rows = sample_rows(len(dataset), seed, max_rows)
     views = extract_views(source, dataset.subset(rows), BatchAugment("simclr"), n_views, seed)
     return [Whitening.fit(features[:, a:b], features[rows, a:b], [v[:, a:b] for v in views])
             for a, b in spaces]
+
+
+def sample_rows(n: int, seed: int = SEED, max_rows: int = MAX_ROWS) -> np.ndarray:
+    """The sorted rows of ``n`` whose views ``fit_whitening`` extracts: all of them, or ``max_rows`` drawn with
+    ``seed``."""
+    return np.sort(np.random.default_rng(seed).choice(n, min(max_rows, n), replace=False))
 
 
 def whiten(features: np.ndarray, spaces: Sequence[tuple[int, int]], whitenings: Sequence[Whitening]
