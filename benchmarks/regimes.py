@@ -197,8 +197,8 @@ def _in_group(record: dict[str, Any], source: str, regime: str) -> bool:
 
 
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One line per source and regime (small / imbalanced): mean ACC of each row over sets and seeds, and how many
-    sets fall below raw k-means - 0.01."""
+    """One line per source and regime (small / imbalanced): mean ACC of each row over sets and seeds, the sd over
+    seeds of the mean over sets, and how many sets fall below raw k-means - 0.01."""
     table = []
     groups = sorted({(r["source"], _regime(r)) for r in records})
     for source, regime in [*groups, ("all evaluation", "both"), ("all development", "both")]:
@@ -210,6 +210,9 @@ def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 for row in ROWS}
         line = {"source": source, "regime": regime, "sets": len(sets)}
         line.update({row: round(float(np.mean(list(mean[row].values()))), 4) for row in ROWS})
+        line.update({f"{row} sd over seeds": round(float(np.std(
+            [np.mean([r["acc"] for r in chosen if r["row"] == row and r["seed"] == seed]) for seed in SEEDS],
+            ddof=1)), 4) for row in ROWS})
         for row in ("default, switch at any size", "default"):
             line[f"below k-means raw - 0.01 ({row})"] = int(sum(mean[row][s] < mean["k-means raw"][s] - 0.01
                                                                for s in sets))
